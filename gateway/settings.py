@@ -1,0 +1,132 @@
+"""Settings: one frozen object built from the environment (and CLI flags) at start-up, passed to `create_app`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_MODEL = "claude-sonnet-5-5"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant."
+DEFAULT_AGENT = "default"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3271
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    db_url: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    default_model: str = DEFAULT_MODEL
+    default_max_tokens: int = 8192
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
+    # Retries before the first token; the SDK's own retries are turned off so ours are the only ones.
+    upstream_max_retries: int = 2
+    upstream_retry_base_s: float = 0.5
+    upstream_retry_max_s: float = 8.0
+    upstream_connect_timeout_s: float = 10.0
+    # Longest silence between two upstream bytes, and longest whole turn.
+    upstream_read_timeout_s: float = 120.0
+    upstream_total_timeout_s: float = 900.0
+    # Limits on what a client may send.
+    max_frame_bytes: int = 4 * 1024 * 1024
+    max_content_chars: int = 1_000_000
+    max_sessions_per_page: int = 200
+    frames_per_second: float = 50.0
+    frame_burst: int = 100
+    heartbeat_s: float = 30.0
+    # What happens to a running stream whose client disconnects: "cancel" or "finish".
+    on_disconnect: str = "cancel"
+    # How often partial assistant text is written during a stream, so a crash loses at most this much.
+    checkpoint_interval_s: float = 1.0
+    token: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    auth_timeout_s: float = 5.0
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    log_format: str = "text"
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def agents_dir(self) -> Path:
+        return self.home / "agents"
+
+    @property
+    def vault_path(self) -> Path:
+        return self.home / "keys.json"
+
+    @property
+    def prices_path(self) -> Path:
+        return self.home / "prices.toml"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("AGENTSPACE_HOME") or Path.home() / ".agentspace").expanduser()
+        db_url = env.get("AGENTSPACE_DB_URL") or default_db_url(home)
+        origins = tuple(o.strip() for o in env.get("AGENTSPACE_ALLOWED_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            home=home,
+            db_url=db_url,
+            host=env.get("AGENTSPACE_HOST") or DEFAULT_HOST,
+            port=_int(env, "AGENTSPACE_PORT", DEFAULT_PORT),
+            default_model=env.get("AGENTSPACE_MODEL") or DEFAULT_MODEL,
+            default_max_tokens=_int(env, "AGENTSPACE_MAX_TOKENS", 8192),
+            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+            anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
+            upstream_max_retries=_int(env, "AGENTSPACE_UPSTREAM_RETRIES", 2),
+            upstream_retry_base_s=_float(env, "AGENTSPACE_UPSTREAM_RETRY_BASE_S", 0.5),
+            upstream_retry_max_s=_float(env, "AGENTSPACE_UPSTREAM_RETRY_MAX_S", 8.0),
+            upstream_read_timeout_s=_float(env, "AGENTSPACE_UPSTREAM_READ_TIMEOUT_S", 120.0),
+            upstream_total_timeout_s=_float(env, "AGENTSPACE_UPSTREAM_TOTAL_TIMEOUT_S", 900.0),
+            max_frame_bytes=_int(env, "AGENTSPACE_MAX_FRAME_BYTES", 4 * 1024 * 1024),
+            max_content_chars=_int(env, "AGENTSPACE_MAX_CONTENT_CHARS", 1_000_000),
+            max_sessions_per_page=_int(env, "AGENTSPACE_MAX_SESSIONS_PER_PAGE", 200),
+            frames_per_second=_float(env, "AGENTSPACE_FRAMES_PER_SECOND", 50.0),
+            frame_burst=_int(env, "AGENTSPACE_FRAME_BURST", 100),
+            heartbeat_s=_float(env, "AGENTSPACE_HEARTBEAT_S", 30.0),
+            on_disconnect=env.get("AGENTSPACE_ON_DISCONNECT") or "cancel",
+            checkpoint_interval_s=_float(env, "AGENTSPACE_CHECKPOINT_INTERVAL_S", 1.0),
+            token=env.get("AGENTSPACE_TOKEN") or None,
+            allowed_origins=origins,
+            db_pool_size=_int(env, "AGENTSPACE_DB_POOL_SIZE", 5),
+            db_max_overflow=_int(env, "AGENTSPACE_DB_MAX_OVERFLOW", 5),
+            log_format=env.get("AGENTSPACE_LOG_FORMAT") or "text",
+            log_level=env.get("AGENTSPACE_LOG_LEVEL") or "INFO",
+        )
+
+
+def default_db_url(home: Path) -> str:
+    return f"sqlite+aiosqlite:///{home / 'gateway.db'}"
