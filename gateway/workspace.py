@@ -1,0 +1,371 @@
+"""Agent workspaces: an agent's prompt, memory, skills, tools and settings, read from plain files.
+
+The layout, formats and limits are documented for users in docs/AGENTS.md; keep the two in step.
+A broken file never raises: it degrades to defaults and leaves a human-readable entry in `problems`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import stat
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from gateway.errors import AgentNotFound, InvalidMessage
+from gateway.settings import DEFAULT_AGENT, DEFAULT_SYSTEM_PROMPT
+
+MAX_SYSTEM_BYTES = 64 * 1024
+MAX_MEMORY_BYTES = 64 * 1024
+MAX_SKILLS = 100
+MAX_SKILL_DESCRIPTION_CHARS = 1024
+# Only a SKILL.md's front matter is used, and bodies can be long: stop reading early.
+MAX_SKILL_FILE_BYTES = 64 * 1024
+MAX_TOOLS_BYTES = 256 * 1024
+MAX_TOOLS = 128
+MAX_AGENT_TOML_BYTES = 64 * 1024
+CACHE_MODES = ("off", "5m", "1h")
+DEFAULT_CACHE_MODE = "5m"
+
+_AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Anthropic rejects the whole request over one bad tool, so bad tools are dropped here instead.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_AGENT_TOML_KEYS = frozenset({"model", "cache", "max_tokens"})
+# On filesystems with coarse timestamps a same-size rewrite in the same tick as our read keeps the
+# same (mtime, size); files changed this recently are re-read every time (git's "racily clean" rule).
+_RACY_WINDOW_NS = 2_000_000_000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Skill:
+    name: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    agent_id: str
+    system_prompt: str
+    system_truncated: bool
+    memory: str  # "" if none
+    memory_truncated: bool
+    skills: tuple[Skill, ...]
+    skills_truncated: bool
+    tools: tuple[dict[str, Any], ...]
+    tools_truncated: bool
+    model: str | None  # from agent.toml
+    cache_mode: str  # "off" | "5m" | "1h"
+    max_tokens: int | None
+    problems: tuple[str, ...]
+
+
+def validate_agent_id(agent_id: str) -> str:
+    """Return the id unchanged, or raise InvalidMessage: ids come from clients and become folder names."""
+    # fullmatch, not `$`: `$` also matches before a trailing newline.
+    if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id) or ".." in agent_id:
+        raise InvalidMessage(
+            "agentId must be 1-64 letters, digits, '_', '.' or '-', start with a letter or digit, and not contain '..'",
+            agentId=agent_id if isinstance(agent_id, str) else None,
+        )
+    return agent_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    text: str
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _SkillFile:
+    name: str | None
+    description: str
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Tools:
+    tools: tuple[dict[str, Any], ...] = ()
+    truncated: bool = False
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _AgentConfig:
+    model: str | None = None
+    cache_mode: str = DEFAULT_CACHE_MODE
+    max_tokens: int | None = None
+    problems: tuple[str, ...] = ()
+
+
+def _decode(data: bytes, cut: bool) -> str:
+    # When the read was cut at a limit, a non-final decode holds back a trailing partial character
+    # instead of turning it into U+FFFD, so truncation lands on a character boundary.
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=not cut)
+    return text.removeprefix("\ufeff")  # editors on Windows add a BOM that would otherwise reach the model
+
+
+def _parse_text(data: bytes, cut: bool) -> _Text:
+    return _Text(_decode(data, cut).strip(), cut)
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1].replace("''", "'")
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            # YAML's double-quoted escapes are a superset of JSON's; JSON covers what front matter uses.
+            decoded = json.loads(value)
+        except ValueError:
+            return value[1:-1]
+        return decoded if isinstance(decoded, str) else value[1:-1]
+    return value.split(" #", 1)[0].rstrip()  # a plain scalar may end in a comment
+
+
+def parse_front_matter(text: str) -> dict[str, str]:
+    """The `key: value` pairs between the leading `---` lines; {} when there is no closed front matter."""
+    lines = text.removeprefix("\ufeff").splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    raw: dict[str, str] = {}
+    key: str | None = None
+    for line in lines[1:]:
+        stripped = line.strip()
+        if stripped in ("---", "..."):
+            return {k: _unquote(v) for k, v in raw.items()}
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line[0] in " \t" and key is not None:
+            # Indented lines continue the previous value (a folded YAML scalar); the index wants one line.
+            raw[key] = f"{raw[key]} {stripped}".strip()
+            continue
+        name, sep, value = line.partition(":")
+        key = name.strip() if sep else None
+        if key is not None:
+            value = value.strip()
+            raw[key] = "" if value in ("|", ">", "|-", ">-", "|+", ">+") else value
+    return {}
+
+
+def _parse_skill(data: bytes, cut: bool) -> _SkillFile:
+    fields = parse_front_matter(_decode(data, cut))
+    name = fields.get("name", "").strip() or None
+    description = " ".join(fields.get("description", "").split())
+    truncated = len(description) > MAX_SKILL_DESCRIPTION_CHARS
+    return _SkillFile(name, description[:MAX_SKILL_DESCRIPTION_CHARS], truncated)
+
+
+def _tool_problem(item: object, seen: set[str]) -> str | None:
+    if not isinstance(item, dict):
+        return "not a JSON object"
+    name = item.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        return "name must be 1-64 letters, digits, '_' or '-'"
+    if name in seen:
+        return f"duplicate name {name!r}"
+    if not isinstance(item.get("description", ""), str):
+        return "description must be a string"
+    schema = item.get("input_schema")
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        return 'input_schema must be a JSON Schema object with "type": "object"'
+    return None
+
+
+def _parse_tools(data: bytes, cut: bool) -> _Tools:
+    if cut:
+        # Half a JSON document cannot be parsed, so an oversized file yields no tools at all.
+        return _Tools((), True, (f"tools.json: larger than {MAX_TOOLS_BYTES} bytes; no tools loaded",))
+    try:
+        raw = json.loads(_decode(data, False))
+    except json.JSONDecodeError as exc:
+        return _Tools(problems=(f"tools.json: line {exc.lineno}: {exc.msg} (column {exc.colno})",))
+    if not isinstance(raw, list):
+        return _Tools(problems=("tools.json: expected a JSON list of tool definitions",))
+    tools: list[dict[str, Any]] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        problem = _tool_problem(item, seen)
+        if problem is not None:
+            problems.append(f"tools.json: tool {index}: {problem}; skipped")
+            continue
+        seen.add(item["name"])
+        tools.append(item)
+    truncated = len(tools) > MAX_TOOLS
+    if truncated:
+        problems.append(f"tools.json: {len(tools)} tools; only the first {MAX_TOOLS} are used")
+    return _Tools(tuple(tools[:MAX_TOOLS]), truncated, tuple(problems))
+
+
+def _parse_agent_toml(data: bytes, cut: bool) -> _AgentConfig:
+    if cut:
+        return _AgentConfig(problems=(f"agent.toml: larger than {MAX_AGENT_TOML_BYTES} bytes; ignored",))
+    try:
+        raw = tomllib.loads(_decode(data, False))
+    except tomllib.TOMLDecodeError as exc:
+        return _AgentConfig(problems=(f"agent.toml: {exc}; ignored",))
+    problems = [f"agent.toml: unknown key {key!r} ignored" for key in raw if key not in _AGENT_TOML_KEYS]
+    model = raw.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        problems.append("agent.toml: model must be a non-empty string; using the gateway default")
+        model = None
+    cache = raw.get("cache", DEFAULT_CACHE_MODE)
+    if cache not in CACHE_MODES:
+        problems.append(f'agent.toml: cache must be "off", "5m" or "1h"; using "{DEFAULT_CACHE_MODE}"')
+        cache = DEFAULT_CACHE_MODE
+    max_tokens = raw.get("max_tokens")
+    # bool is an int subclass; `max_tokens = true` is a mistake, not 1.
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        problems.append("agent.toml: max_tokens must be a positive integer; using the gateway default")
+        max_tokens = None
+    return _AgentConfig(model.strip() if model else None, cache, max_tokens, tuple(problems))
+
+
+class _FileCache(Generic[T]):
+    """Parsed files keyed by path, trusted while (mtime_ns, size, inode) is unchanged."""
+
+    def __init__(self, parse: Callable[[bytes, bool], T], limit: int) -> None:
+        self._parse = parse
+        self._limit = limit
+        self._entries: dict[Path, tuple[tuple[int, int, int], T]] = {}
+        self.reads = 0
+
+    def get(self, path: Path) -> T | None:
+        """None if the file does not exist; OSError if it exists but cannot be read."""
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            self._entries.pop(path, None)
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file")
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._entries.get(path)
+        if cached is not None and cached[0] == key and time.time_ns() - st.st_mtime_ns > _RACY_WINDOW_NS:
+            return cached[1]
+        # Stat before reading: if the file changes during the read, the next stat differs and we read again.
+        with path.open("rb") as f:
+            data = f.read(self._limit + 1)
+        self.reads += 1
+        value = self._parse(data[: self._limit], len(data) > self._limit)
+        self._entries[path] = (key, value)
+        return value
+
+
+class WorkspaceLoader:
+    """Loads workspaces on every call, re-parsing only files whose stat changed, so edits apply without restart.
+
+    load() does small blocking reads (a few stats when nothing changed); callers on an event loop that expect
+    large or slow workspaces can run it in a thread.
+    """
+
+    def __init__(self, agents_dir: Path) -> None:
+        self.agents_dir = Path(agents_dir)
+        self._system = _FileCache(_parse_text, MAX_SYSTEM_BYTES)
+        self._memory = _FileCache(_parse_text, MAX_MEMORY_BYTES)
+        self._skills = _FileCache(_parse_skill, MAX_SKILL_FILE_BYTES)
+        self._tools = _FileCache(_parse_tools, MAX_TOOLS_BYTES)
+        self._config = _FileCache(_parse_agent_toml, MAX_AGENT_TOML_BYTES)
+
+    @property
+    def file_reads(self) -> int:
+        """How many files were actually read (not served from cache); for tests and metrics."""
+        caches = (self._system, self._memory, self._skills, self._tools, self._config)
+        return sum(c.reads for c in caches)
+
+    def exists(self, agent_id: str) -> bool:
+        """Whether load() would find the agent; InvalidMessage for an invalid id."""
+        agent_id = validate_agent_id(agent_id)
+        return agent_id == DEFAULT_AGENT or (self.agents_dir / agent_id).is_dir()
+
+    def list_agents(self) -> list[str]:
+        """Folder names that are valid agent ids, plus "default", sorted."""
+        names = {DEFAULT_AGENT}
+        try:
+            with os.scandir(self.agents_dir) as entries:
+                for entry in entries:
+                    if _AGENT_ID.fullmatch(entry.name) and ".." not in entry.name and entry.is_dir():
+                        names.add(entry.name)
+        except OSError:
+            pass  # no agents folder yet: only the built-in default exists
+        return sorted(names)
+
+    def load(self, agent_id: str) -> Workspace:
+        if not self.exists(agent_id):
+            raise AgentNotFound(f"agent {agent_id!r} not found", agentId=agent_id)
+        root = self.agents_dir / agent_id
+        problems: list[str] = []
+        system = self._get(self._system, root / "SYSTEM.md", problems)
+        memory = self._get(self._memory, root / "MEMORY.md", problems)
+        tools = self._get(self._tools, root / "tools.json", problems) or _Tools()
+        config = self._get(self._config, root / "agent.toml", problems) or _AgentConfig()
+        skills, skills_truncated = self._load_skills(root / "skills", problems)
+        for name, text, limit in (("SYSTEM.md", system, MAX_SYSTEM_BYTES), ("MEMORY.md", memory, MAX_MEMORY_BYTES)):
+            if text is not None and text.truncated:
+                problems.append(f"{name}: longer than {limit} bytes; truncated")
+        problems.extend(tools.problems)
+        problems.extend(config.problems)
+        return Workspace(
+            agent_id=agent_id,
+            # An empty SYSTEM.md is more likely an accident than a wish, and Anthropic rejects empty text blocks.
+            system_prompt=system.text if system is not None and system.text else DEFAULT_SYSTEM_PROMPT,
+            system_truncated=system is not None and system.truncated,
+            memory=memory.text if memory is not None else "",
+            memory_truncated=memory is not None and memory.truncated,
+            skills=skills,
+            skills_truncated=skills_truncated,
+            # Shallow copies: callers commonly add cache_control to a tool, which must not leak into the cache.
+            tools=tuple(dict(tool) for tool in tools.tools),
+            tools_truncated=tools.truncated,
+            model=config.model,
+            cache_mode=config.cache_mode,
+            max_tokens=config.max_tokens,
+            problems=tuple(problems),
+        )
+
+    @staticmethod
+    def _get(cache: _FileCache[T], path: Path, problems: list[str], label: str = "") -> T | None:
+        try:
+            return cache.get(path)
+        except OSError as exc:
+            problems.append(f"{label or path.name}: cannot read ({exc.strerror or exc}); ignored")
+            return None
+
+    def _load_skills(self, skills_dir: Path, problems: list[str]) -> tuple[tuple[Skill, ...], bool]:
+        try:
+            with os.scandir(skills_dir) as entries:
+                folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return (), False
+        except OSError as exc:
+            problems.append(f"skills: cannot list ({exc.strerror or exc}); ignored")
+            return (), False
+        skills: dict[str, Skill] = {}
+        truncated = False
+        for folder in folders:
+            label = f"skills/{folder}/SKILL.md"
+            parsed = self._get(self._skills, skills_dir / folder / "SKILL.md", problems, label)
+            if parsed is None:
+                continue  # a folder without SKILL.md is not a skill (it may hold the skill's scratch files)
+            if len(skills) == MAX_SKILLS:
+                # Folders are taken in name order, so which skills survive is stable across reloads.
+                truncated = True
+                problems.append(f"skills: more than {MAX_SKILLS}; only the first {MAX_SKILLS} folders by name are used")
+                break
+            name = parsed.name or folder
+            if name in skills:
+                problems.append(f"{label}: duplicate skill name {name!r}; ignored")
+                continue
+            if parsed.truncated:
+                truncated = True
+                problems.append(f"{label}: description longer than {MAX_SKILL_DESCRIPTION_CHARS} characters; truncated")
+            skills[name] = Skill(name, parsed.description)
+        return tuple(sorted(skills.values(), key=lambda s: s.name)), truncated
