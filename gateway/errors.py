@@ -52,6 +52,10 @@ class NothingToCancel(GatewayError):
     code = "NOTHING_TO_CANCEL"
 
 
+class Cancelled(GatewayError):
+    code = "CANCELLED"
+
+
 class MissingApiKey(GatewayError):
     code = "MISSING_API_KEY"
 

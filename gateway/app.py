@@ -1,0 +1,92 @@
+"""The application factory. No work at import; every resource is opened and closed in `cleanup_ctx`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, web
+
+from .db import create_engine, make_sessionmaker, upgrade_to_head
+from .handlers import CONNECTIONS, SERVICES, SOCKETS, gateway_ws, healthz
+from .keys import KeyProvider, Vault
+from .locks import LocalSessionLocks, SessionLocks
+from .prices import PriceBook
+from .services import Services
+from .settings import Settings
+from .store import Database, Store
+from .tokens import TokenCounter
+from .upstream import Upstream
+from .workspace import WorkspaceLoader
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+
+
+async def _make_locks(settings: Settings, database: Database) -> SessionLocks:
+    if database.dialect == "postgresql":
+        from .pg_locks import PgSessionLocks
+
+        return await PgSessionLocks.open(database.engine)
+    return LocalSessionLocks()
+
+
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    upstream: Upstream | None = None
+    locks: SessionLocks | None = None
+    try:
+        await upgrade_to_head(engine)
+        database = Database(engine, make_sessionmaker(engine))
+        store = Store(database)
+        locks = await _make_locks(settings, database)
+        if database.dialect == "sqlite":
+            # One process owns a SQLite file, so any reply still `streaming` now was cut off by a crash.
+            recovered = await store.chats.recover_interrupted()
+            if recovered:
+                log.warning("marked %d replies interrupted by an earlier crash", recovered)
+        upstream = Upstream(settings, KeyProvider(settings.anthropic_api_key, Vault(settings.vault_path)))
+        tokens = TokenCounter()
+        app[SERVICES] = Services(
+            settings=settings,
+            store=store,
+            upstream=upstream,
+            prices=PriceBook.load(settings.prices_path),
+            workspaces=WorkspaceLoader(settings.agents_dir),
+            tokens=tokens,
+            locks=locks,
+        )
+        # Loading the encoding takes a moment; do it off the loop, before the first inspect pays for it.
+        await asyncio.to_thread(tokens.warm)
+        yield
+    finally:
+        if upstream is not None:
+            await upstream.close()
+        if locks is not None:
+            await locks.close()
+        await engine.dispose()
+
+
+async def on_shutdown(app: web.Application) -> None:
+    """End every stream with its terminal frame (saving what it has), then close sockets with GOING_AWAY."""
+    connections = list(app[CONNECTIONS])
+    await asyncio.gather(*(c.stop_turn("shutdown") for c in connections), return_exceptions=True)
+    for ws in list(app[SOCKETS]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_frame_bytes)
+    app[SETTINGS] = settings
+    app[SOCKETS] = weakref.WeakSet()
+    app[CONNECTIONS] = weakref.WeakSet()
+    app.cleanup_ctx.append(services_ctx)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/gateway", gateway_ws)
+    return app

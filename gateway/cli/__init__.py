@@ -1,0 +1,31 @@
+"""`agentspace` command line: one subcommand per module in this package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import keys_cmd, prices_cmd, serve_cmd
+
+COMMANDS = (serve_cmd, keys_cmd, prices_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentspace", description="AgentSpace Gateway: a persistent LLM gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as exc:
+        print(f"agentspace: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,165 @@
+"""Per-socket state: the one writer, the frame rate budget, the running turn, and request dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import errors, queries
+from .protocol import Request, dump, error_frame, parse_frame
+from .services import Services
+from .turn import Turn
+
+log = logging.getLogger(__name__)
+
+Query = Callable[[Services, Request], Awaitable[dict[str, Any]]]
+
+QUERIES: dict[str, Query] = {
+    "session.list": queries.session_list,
+    "session.history": queries.session_history,
+    "session.delete": queries.session_delete,
+    "usage.query": queries.usage_query,
+    "context.inspect": queries.context_inspect,
+}
+
+
+class TokenBucket:
+    """Frames per second with a burst allowance; refilled lazily on each frame, so idle sockets cost nothing."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.capacity = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Connection:
+    def __init__(self, ws: web.WebSocketResponse, services: Services, *, authenticated: bool) -> None:
+        self.ws = ws
+        self.s = services
+        self.authenticated = authenticated
+        self.gone = False
+        self.turn: Turn | None = None
+        self.turn_task: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._bucket = TokenBucket(services.settings.frames_per_second, services.settings.frame_burst)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.send_raw(dump(frame))
+
+    async def send_raw(self, text: str) -> None:
+        """The only place that writes to the socket. Awaiting the write gives a slow reader backpressure on its
+        own stream; a vanished peer just marks the connection gone (the turn still saves what it has)."""
+        if self.gone:
+            return
+        try:
+            async with self._write_lock:
+                await self.ws.send_str(text)
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("write to closed connection: %s", exc)
+            self.gone = True
+
+    async def handle_text(self, text: str) -> None:
+        if not self._bucket.take():
+            await self.send(error_frame(errors.RateLimited("too many frames; slow down"), None))
+            return
+        try:
+            request = parse_frame(text, max_content_chars=self.s.settings.max_content_chars)
+        except errors.GatewayError as exc:
+            await self.send(error_frame(exc, exc.details.get("request_id")))
+            return
+        try:
+            await self.dispatch(request)
+        except errors.GatewayError as exc:
+            await self.send(error_frame(exc, request.id))
+        except Exception as exc:
+            log.exception("request %s failed", request.type)
+            await self.send(error_frame(errors.InternalError(f"internal error: {type(exc).__name__}"), request.id))
+
+    async def dispatch(self, request: Request) -> None:
+        if request.type == "auth":
+            await self._auth(request)
+            return
+        if not self.authenticated:
+            raise errors.Unauthorized("send an `auth` frame with the gateway token first")
+        if request.type == "chat.send":
+            self._start_turn(request)
+        elif request.type == "chat.cancel":
+            await self._cancel(request)
+        elif request.type == "ping":
+            await self.send({"type": "pong", "id": request.id})
+        else:
+            reply = await QUERIES[request.type](self.s, request)
+            await self.send({**reply, "id": request.id})
+
+    async def _auth(self, request: Request) -> None:
+        expected = self.s.settings.token
+        given: str = request.get("token")
+        if expected is not None and not hmac.compare_digest(given.encode(), expected.encode()):
+            raise errors.Unauthorized("wrong gateway token")
+        self.authenticated = True
+        await self.send({"type": "auth.ok", "id": request.id})
+
+    def _start_turn(self, request: Request) -> None:
+        if self.turn_task is not None and not self.turn_task.done():
+            raise errors.StreamInProgress(
+                "a reply is already streaming on this connection; wait for it or send chat.cancel",
+                sessionId=self.turn.session_id if self.turn else None,
+            )
+        self.turn = Turn(self.s, request, self.send, self.send_raw)
+        self.turn_task = asyncio.create_task(self.turn.run(), name=f"turn-{request.id}")
+        self.s.active_turns.add(self)
+
+    async def _cancel(self, request: Request) -> None:
+        session_id: str = request.get("sessionId")
+        send_id = request.get("sendId")
+        turn, task = self.turn, self.turn_task
+        if (
+            turn is None
+            or task is None
+            or task.done()
+            or (turn.session_id is not None and turn.session_id != session_id)
+            or (send_id is not None and send_id != turn.rid)
+        ):
+            raise errors.NothingToCancel(
+                f"nothing is streaming in session {session_id} on this connection", sessionId=session_id
+            )
+        await self.stop_turn("cancelled")
+        await self.send({"type": "chat.cancelled", "id": request.id, "sessionId": session_id})
+
+    async def stop_turn(self, reason: str) -> None:
+        """Cancel the running turn and wait until it has saved its partial reply and sent its terminal frame."""
+        turn, task = self.turn, self.turn_task
+        if turn is None or task is None or task.done():
+            return
+        turn.cancel_reason = reason
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def close(self) -> None:
+        """The socket is gone: cancel the stream (or let it finish, if so configured), then forget it."""
+        self.gone = True
+        task = self.turn_task
+        if task is not None and not task.done():
+            if self.s.settings.on_disconnect == "finish":
+                await asyncio.gather(task, return_exceptions=True)
+            else:
+                await self.stop_turn("client_gone")
+        self.s.active_turns.discard(self)

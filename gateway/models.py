@@ -1,0 +1,155 @@
+"""The ORM tables. Schema changes go through alembic migrations; tests/test_migrations.py proves the two agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC on every database, so SQLite's text dates sort and group like PostgreSQL's."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class ChatSession(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    model: Mapped[str] = mapped_column(String(128))
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        # session.list pages by (updated_at, id) newest first, optionally within one agent.
+        Index("ix_sessions_agent_updated", "agent_id", "updated_at", "id"),
+        Index("ix_sessions_updated", "updated_at", "id"),
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(36), ForeignKey("sessions.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    # The content blocks exactly as the API returned them (thinking with signature), so history replays as-is.
+    content: Mapped[list[Any]] = mapped_column(JSON)
+    text: Mapped[str] = mapped_column(Text, default="")
+    model: Mapped[str | None] = mapped_column(String(128))
+    # user: complete. assistant: streaming -> complete | cancelled | failed | interrupted.
+    status: Mapped[str] = mapped_column(String(16))
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_messages_session_seq", "session_id", "seq", unique=True),
+        Index("ix_messages_idempotency_key", "idempotency_key", unique=True),
+        Index("ix_messages_status", "status"),
+    )
+
+
+class UsageRecord(Base):
+    """One row per upstream request, keyed by our own UUID. No foreign keys: usage outlives deleted sessions."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(36))
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    agent_id: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_5m_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_1h_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Costs in nano-USD (1e-9 USD); NULL when the model has no known price.
+    input_cost: Mapped[int | None] = mapped_column(BigInteger)
+    output_cost: Mapped[int | None] = mapped_column(BigInteger)
+    cache_write_cost: Mapped[int | None] = mapped_column(BigInteger)
+    cache_read_cost: Mapped[int | None] = mapped_column(BigInteger)
+    total_cost: Mapped[int | None] = mapped_column(BigInteger)
+    uncached_cost: Mapped[int | None] = mapped_column(BigInteger)
+    # The rates this row was priced with (nano-USD per token), so later price changes never rewrite history.
+    rate_input: Mapped[int | None] = mapped_column(BigInteger)
+    rate_output: Mapped[int | None] = mapped_column(BigInteger)
+    rate_cache_write_5m: Mapped[int | None] = mapped_column(BigInteger)
+    rate_cache_write_1h: Mapped[int | None] = mapped_column(BigInteger)
+    rate_cache_read: Mapped[int | None] = mapped_column(BigInteger)
+    price_source: Mapped[str | None] = mapped_column(String(300))
+    price_tier: Mapped[str | None] = mapped_column(String(64))
+    estimated_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    first_token_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_usage_records_created_at", "created_at"),
+        Index("ix_usage_records_model_created", "model", "created_at"),
+        Index("ix_usage_records_session_created", "session_id", "created_at"),
+        Index("ix_usage_records_agent_created", "agent_id", "created_at"),
+    )
+
+
+class TokenCalibration(Base):
+    """Per model: how the upstream's reported input tokens compare with our local estimate, to correct it."""
+
+    __tablename__ = "token_calibration"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    estimated_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reported_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,215 @@
+"""The wire protocol: parse and validate client frames once, at the boundary, and dump server frames.
+
+Every client frame is a JSON object with a `type` and an optional `id` (string or integer) that every reply echoes.
+Validation is table-driven: each request type names its fields, their JSON types and bounds, so the error message
+can say exactly which field is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from .errors import GatewayError, InvalidMessage, MessageTooLarge, ParseError
+
+RequestId = str | int | None
+
+MAX_ID_CHARS: Final = 256
+GROUP_BY: Final = ("model", "day", "session", "agent")
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    wire: str
+    kind: type | tuple[type, ...]
+    required: bool = False
+    max_len: int | None = None
+    min_value: int | None = None
+    max_value: int | None = None
+    choices: tuple[str, ...] | None = None
+    non_empty: bool = False
+
+
+def _text(name: str, required: bool = False, max_len: int = 256) -> Field:
+    return Field(name, str, required=required, max_len=max_len, non_empty=True)
+
+
+_SESSION_ID = _text("sessionId")
+_AGENT_ID = _text("agentId", max_len=64)
+_MODEL = _text("model", max_len=128)
+
+# type -> fields. `content` length is bounded by settings (checked in `parse_frame`), not here.
+SCHEMAS: Final[dict[str, tuple[Field, ...]]] = {
+    "chat.send": (
+        Field("content", str, required=True, non_empty=True),
+        _SESSION_ID,
+        _AGENT_ID,
+        _MODEL,
+        Field("maxTokens", int, min_value=1, max_value=1_000_000),
+        _text("idempotencyKey", max_len=200),
+    ),
+    "chat.cancel": (_text("sessionId", required=True), Field("sendId", (str, int))),
+    "context.inspect": (
+        _text("sessionId", required=True),
+        Field("content", str),
+        Field("exact", bool),
+        _MODEL,
+    ),
+    "usage.query": (
+        _SESSION_ID,
+        _AGENT_ID,
+        _MODEL,
+        _text("since", max_len=64),
+        _text("until", max_len=64),
+        Field("groupBy", str, choices=GROUP_BY),
+    ),
+    "session.list": (_AGENT_ID, Field("limit", int, min_value=1, max_value=1_000_000), _text("cursor", max_len=512)),
+    "session.history": (
+        _text("sessionId", required=True),
+        Field("limit", int, min_value=1, max_value=1_000_000),
+        Field("beforeSeq", int, min_value=0),
+    ),
+    "session.delete": (_text("sessionId", required=True),),
+    "auth": (_text("token", required=True, max_len=4096),),
+    "ping": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    type: str
+    id: RequestId
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", bool: "a boolean"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _check(request_type: str, spec: Field, value: Any) -> None:
+    where = f"{request_type}: field '{spec.wire}'"
+    kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+    # bool is an int in Python; a JSON true must not pass as an integer.
+    if isinstance(value, bool) and bool not in kinds:
+        raise InvalidMessage(f"{where} must be {_type_name(spec.kind)}", field=spec.wire)
+    if not isinstance(value, kinds):
+        raise InvalidMessage(f"{where} must be {_type_name(spec.kind)}", field=spec.wire)
+    if isinstance(value, str):
+        if spec.non_empty and not value.strip():
+            raise InvalidMessage(f"{where} must not be empty", field=spec.wire)
+        if spec.max_len is not None and len(value) > spec.max_len:
+            raise InvalidMessage(f"{where} is longer than {spec.max_len} characters", field=spec.wire)
+        if spec.choices is not None and value not in spec.choices:
+            raise InvalidMessage(f"{where} must be one of {', '.join(spec.choices)}", field=spec.wire)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if spec.min_value is not None and value < spec.min_value:
+            raise InvalidMessage(f"{where} must be at least {spec.min_value}", field=spec.wire)
+        if spec.max_value is not None and value > spec.max_value:
+            raise InvalidMessage(f"{where} must be at most {spec.max_value}", field=spec.wire)
+
+
+def _reject_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def request_id_of(raw: Any) -> RequestId:
+    """The `id` to echo, or None when it is absent or not a usable id."""
+    if isinstance(raw, dict):
+        rid = raw.get("id")
+        if isinstance(rid, str) and len(rid) <= MAX_ID_CHARS:
+            return rid
+        if isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) < 2**53:
+            return rid
+    return None
+
+
+def parse_frame(text: str, *, max_content_chars: int) -> Request:
+    """Parse one client frame. Raises ParseError / InvalidMessage (with `request_id` set in details when known)."""
+    try:
+        raw = json.loads(text, parse_constant=_reject_constants)
+    except (ValueError, RecursionError) as exc:
+        raise ParseError(f"frame is not valid JSON: {exc}") from None
+    rid = request_id_of(raw)
+    try:
+        return _validate(raw, rid, max_content_chars)
+    except GatewayError as exc:
+        exc.details.setdefault("request_id", rid)
+        raise
+
+
+def _validate(raw: Any, rid: RequestId, max_content_chars: int) -> Request:
+    if not isinstance(raw, dict):
+        raise InvalidMessage("frame must be a JSON object")
+    if "id" in raw and raw["id"] is not None and rid is None:
+        raise InvalidMessage(f"field 'id' must be a string (at most {MAX_ID_CHARS} characters) or an integer")
+    request_type = raw.get("type")
+    if not isinstance(request_type, str):
+        raise InvalidMessage("field 'type' is required and must be a string", field="type")
+    schema = SCHEMAS.get(request_type)
+    if schema is None:
+        shown = request_type if len(request_type) <= 64 else request_type[:64] + "..."
+        raise InvalidMessage(f"unknown type {shown!r}; known: {', '.join(SCHEMAS)}", field="type")
+    fields: dict[str, Any] = {}
+    for spec in schema:
+        value = raw.get(spec.wire)
+        if value is None:
+            if spec.required:
+                raise InvalidMessage(f"{request_type}: field '{spec.wire}' is required", field=spec.wire)
+            continue
+        _check(request_type, spec, value)
+        fields[spec.wire] = value
+    content = fields.get("content")
+    if isinstance(content, str) and len(content) > max_content_chars:
+        raise MessageTooLarge(
+            f"{request_type}: field 'content' has {len(content)} characters; the limit is {max_content_chars}",
+            field="content",
+        )
+    return Request(type=request_type, id=rid, fields=fields)
+
+
+def parse_time(value: str | None, field_name: str) -> datetime | None:
+    """ISO 8601 to aware UTC. A date alone means its midnight UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidMessage(f"field '{field_name}' must be an ISO 8601 date or time", field=field_name) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def dump(frame: dict[str, Any]) -> str:
+    # NaN/Infinity would produce invalid JSON for strict clients; money and counts are never those.
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"), default=_default, allow_nan=False)
+
+
+def error_frame(exc: GatewayError, request_id: RequestId) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": "error",
+        "id": request_id,
+        "code": exc.code,
+        "message": exc.message,
+        "retryable": exc.retryable,
+    }
+    for key, value in exc.details.items():
+        if key != "request_id" and value is not None and not (isinstance(value, float) and math.isnan(value)):
+            frame[key] = value
+    return frame

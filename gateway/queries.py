@@ -1,0 +1,157 @@
+"""The requests that read or tidy state: sessions, history, usage reports and context inspection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import errors
+from .accounting import nano_to_usd
+from .context import assemble
+from .inspection import calibration_ratio, inspection_body
+from .models import ChatSession, Message, utcnow
+from .protocol import Request, parse_time
+from .services import Services
+from .store import UsageFilters, UsageTotals
+from .turn import session_key
+
+
+def session_fields(session: ChatSession) -> dict[str, Any]:
+    return {
+        "sessionId": session.id,
+        "sessionKey": session_key(session),
+        "agentId": session.agent_id,
+        "title": session.title,
+        "model": session.model,
+        "createdAt": session.created_at,
+        "updatedAt": session.updated_at,
+        "messageCount": session.message_count,
+    }
+
+
+def message_fields(message: Message) -> dict[str, Any]:
+    return {
+        "messageId": message.id,
+        "seq": message.seq,
+        "role": message.role,
+        "text": message.text,
+        "content": message.content,
+        "model": message.model,
+        "status": message.status,
+        "stopReason": message.stop_reason,
+        "errorCode": message.error_code,
+        "createdAt": message.created_at,
+        "updatedAt": message.updated_at,
+    }
+
+
+async def _session(s: Services, session_id: str) -> ChatSession:
+    session = await s.store.chats.get_session(session_id)
+    if session is None:
+        raise errors.SessionNotFound(f"session {session_id} does not exist", sessionId=session_id)
+    return session
+
+
+async def session_list(s: Services, req: Request) -> dict[str, Any]:
+    limit = min(req.get("limit") or 50, s.settings.max_sessions_per_page)
+    agent_id = req.get("agentId")
+    if agent_id is not None:
+        s.workspaces.load(agent_id)  # a bad or unknown agent id gets its own clear error
+    page = await s.store.chats.list_sessions(agent_id, limit, req.get("cursor"))
+    return {
+        "type": "session.list.result",
+        "sessions": [session_fields(row) for row in page.sessions],
+        "nextCursor": page.next_cursor,
+        "limit": limit,
+    }
+
+
+async def session_history(s: Services, req: Request) -> dict[str, Any]:
+    session = await _session(s, req.get("sessionId"))
+    page = await s.store.chats.history(session.id, req.get("limit"), req.get("beforeSeq"))
+    return {
+        "type": "session.history.result",
+        **session_fields(session),
+        "messages": [message_fields(m) for m in page.messages],
+        "hasMore": page.has_more,
+    }
+
+
+async def session_delete(s: Services, req: Request) -> dict[str, Any]:
+    session_id: str = req.get("sessionId")
+    lease = await s.locks.acquire(session_id)  # never delete under a running stream
+    try:
+        if not await s.store.chats.delete_session(session_id):
+            raise errors.SessionNotFound(f"session {session_id} does not exist", sessionId=session_id)
+    finally:
+        await lease.release()
+    return {"type": "session.deleted", "sessionId": session_id}
+
+
+def totals_fields(t: UsageTotals) -> dict[str, Any]:
+    return {
+        "inputTokens": t.input_tokens,
+        "outputTokens": t.output_tokens,
+        "cacheCreationInputTokens": t.cache_write_5m_tokens + t.cache_write_1h_tokens,
+        "cacheCreation5mInputTokens": t.cache_write_5m_tokens,
+        "cacheCreation1hInputTokens": t.cache_write_1h_tokens,
+        "cacheReadInputTokens": t.cache_read_tokens,
+        "inputCost": nano_to_usd(t.input_cost),
+        "outputCost": nano_to_usd(t.output_cost),
+        "cacheCost": nano_to_usd(t.cache_write_cost + t.cache_read_cost),
+        "totalCost": nano_to_usd(t.total_cost),
+        "totalCostNanoUsd": t.total_cost,
+        "savedCost": nano_to_usd(t.uncached_cost - t.total_cost),
+        "requestCount": t.request_count,
+        "unpricedRequests": t.unpriced_requests,
+    }
+
+
+async def usage_query(s: Services, req: Request) -> dict[str, Any]:
+    filters = UsageFilters(
+        session_id=req.get("sessionId"),
+        agent_id=req.get("agentId"),
+        model=req.get("model"),
+        since=parse_time(req.get("since"), "since"),
+        until=parse_time(req.get("until"), "until"),
+    )
+    per_model = await s.store.usage.per_model(filters)
+    grand = UsageTotals()
+    for totals in per_model.values():
+        grand.add(totals)
+    frame: dict[str, Any] = {
+        "type": "usage.report",
+        "perModel": {model: totals_fields(t) for model, t in per_model.items()},
+        "grandTotal": totals_fields(grand),
+        "unpricedRequests": grand.unpriced_requests,
+    }
+    group_by = req.get("groupBy")
+    if group_by is not None:
+        groups = await s.store.usage.grouped(filters, group_by)
+        frame["groupBy"] = group_by
+        frame["groups"] = [{"key": key, **totals_fields(t)} for key, t in groups]
+    return frame
+
+
+async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
+    session = await _session(s, req.get("sessionId"))
+    workspace = s.workspaces.load(session.agent_id)
+    model: str = req.get("model") or workspace.model or s.settings.default_model
+    max_tokens = workspace.max_tokens or s.settings.default_max_tokens
+    history = await s.store.chats.load_history(session.id)
+    assembled = assemble(workspace, history, pending=req.get("content"), model=model, max_tokens=max_tokens)
+    ratio = calibration_ratio(await s.store.chats.calibration(model))
+    frame: dict[str, Any] = {
+        "type": "context.inspection",
+        "sessionId": session.id,
+        "sessionKey": session_key(session),
+        "agentId": session.agent_id,
+        **inspection_body(assembled, s.tokens, s.prices, at=utcnow(), ratio=ratio),
+        "problems": list(workspace.problems),
+    }
+    if req.get("exact"):
+        try:
+            frame["exactInputTokens"] = await s.upstream.count_tokens(assembled.params)
+        except errors.GatewayError as exc:
+            frame["exactInputTokens"] = None
+            frame["exactError"] = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
+    return frame

@@ -1,0 +1,25 @@
+"""The long-lived pieces one gateway process shares between connections, built once in the app's cleanup_ctx."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .locks import SessionLocks
+from .prices import PriceBook
+from .settings import Settings
+from .store import Store
+from .tokens import TokenCounter
+from .upstream import Upstream
+from .workspace import WorkspaceLoader
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    upstream: Upstream
+    prices: PriceBook
+    workspaces: WorkspaceLoader
+    tokens: TokenCounter
+    locks: SessionLocks
+    active_turns: set[object] = field(default_factory=set)

@@ -1,0 +1,252 @@
+"""Sessions and messages: the user turn is committed before the upstream call, the reply when the stream ends."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, tuple_, update
+
+from ..errors import InvalidMessage, SessionNotFound
+from ..models import ChatSession, Message, TokenCalibration, UsageRecord, utcnow
+from .base import Database
+
+TITLE_CHARS = 80
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRows:
+    session: ChatSession
+    user_message: Message
+    assistant_message: Message
+    session_created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    sessions: list[ChatSession]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    messages: list[Message]
+    has_more: bool
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def make_title(content: str) -> str:
+    line = " ".join(content.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
+
+
+def _encode_cursor(session: ChatSession) -> str:
+    raw = f"{session.updated_at.isoformat()}|{session.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        stamp, session_id = base64.urlsafe_b64decode(padded).decode().split("|", 1)
+        return datetime.fromisoformat(stamp), session_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidMessage("field 'cursor' is not a cursor this gateway gave out", field="cursor") from None
+
+
+class ChatStore:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def get_session(self, session_id: str) -> ChatSession | None:
+        async with self._db.read() as db:
+            return await db.get(ChatSession, session_id)
+
+    async def load_history(self, session_id: str) -> list[Message]:
+        async with self._db.read() as db:
+            rows = await db.scalars(select(Message).where(Message.session_id == session_id).order_by(Message.seq))
+            return list(rows)
+
+    async def find_by_idempotency_key(self, key: str) -> tuple[Message, Message | None] | None:
+        """The user message sent with this key and the reply that followed it."""
+        async with self._db.read() as db:
+            user = await db.scalar(select(Message).where(Message.idempotency_key == key))
+            if user is None:
+                return None
+            reply = await db.scalar(
+                select(Message).where(Message.session_id == user.session_id, Message.seq == user.seq + 1)
+            )
+            return user, reply
+
+    async def begin_turn(
+        self,
+        *,
+        session_id: str | None,
+        agent_id: str,
+        model: str,
+        content: str,
+        idempotency_key: str | None,
+    ) -> TurnRows:
+        """One transaction: the session (if new), the user turn, and an empty `streaming` reply to fill in."""
+        now = utcnow()
+        async with self._db.write() as db:
+            created = session_id is None
+            if session_id is None:
+                session = ChatSession(
+                    id=new_id(),
+                    agent_id=agent_id,
+                    title=make_title(content),
+                    model=model,
+                    message_count=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                db.add(session)
+                next_seq = 0
+            else:
+                found = await db.get(ChatSession, session_id)
+                if found is None:
+                    raise SessionNotFound(f"session {session_id} does not exist", sessionId=session_id)
+                session = found
+                last = await db.scalar(select(func.max(Message.seq)).where(Message.session_id == session.id))
+                next_seq = 0 if last is None else last + 1
+            user = Message(
+                id=new_id(),
+                session_id=session.id,
+                seq=next_seq,
+                role="user",
+                content=[{"type": "text", "text": content}],
+                text=content,
+                model=None,
+                status="complete",
+                idempotency_key=idempotency_key,
+                created_at=now,
+                updated_at=now,
+            )
+            reply = Message(
+                id=new_id(),
+                session_id=session.id,
+                seq=next_seq + 1,
+                role="assistant",
+                content=[],
+                text="",
+                model=model,
+                status="streaming",
+                created_at=now,
+                updated_at=now,
+            )
+            session.message_count += 2
+            session.updated_at = now
+            session.model = model
+            db.add_all([user, reply])
+        return TurnRows(session=session, user_message=user, assistant_message=reply, session_created=created)
+
+    async def checkpoint(self, message_id: str, content: list[dict[str, Any]], text: str) -> None:
+        async with self._db.write() as db:
+            await db.execute(
+                update(Message)
+                .where(Message.id == message_id, Message.status == "streaming")
+                .values(content=content, text=text, updated_at=utcnow())
+            )
+
+    async def finish_turn(
+        self,
+        *,
+        message_id: str,
+        session_id: str,
+        content: list[dict[str, Any]],
+        text: str,
+        status: str,
+        stop_reason: str | None,
+        error_code: str | None,
+        usage: UsageRecord | None,
+        calibration: tuple[str, int, int] | None = None,
+    ) -> None:
+        """The reply, its usage row and the calibration sample land together or not at all."""
+        now = utcnow()
+        async with self._db.write() as db:
+            await db.execute(
+                update(Message)
+                .where(Message.id == message_id)
+                .values(
+                    content=content,
+                    text=text,
+                    status=status,
+                    stop_reason=stop_reason,
+                    error_code=error_code,
+                    updated_at=now,
+                )
+            )
+            await db.execute(update(ChatSession).where(ChatSession.id == session_id).values(updated_at=now))
+            if usage is not None:
+                db.add(usage)
+            if calibration is not None:
+                await _add_calibration(db, *calibration)
+
+    async def list_sessions(self, agent_id: str | None, limit: int, cursor: str | None) -> SessionPage:
+        query = select(ChatSession).order_by(ChatSession.updated_at.desc(), ChatSession.id.desc()).limit(limit + 1)
+        if agent_id is not None:
+            query = query.where(ChatSession.agent_id == agent_id)
+        if cursor is not None:
+            stamp, last_id = _decode_cursor(cursor)
+            query = query.where(tuple_(ChatSession.updated_at, ChatSession.id) < tuple_(stamp, last_id))
+        async with self._db.read() as db:
+            rows = list(await db.scalars(query))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return SessionPage(rows, _encode_cursor(rows[-1]) if more and rows else None)
+
+    async def history(self, session_id: str, limit: int | None, before_seq: int | None) -> HistoryPage:
+        """Messages in order; with a limit, the newest `limit` before `before_seq`, still oldest first."""
+        query = select(Message).where(Message.session_id == session_id)
+        if before_seq is not None:
+            query = query.where(Message.seq < before_seq)
+        if limit is None:
+            async with self._db.read() as db:
+                return HistoryPage(list(await db.scalars(query.order_by(Message.seq))), False)
+        async with self._db.read() as db:
+            rows = list(await db.scalars(query.order_by(Message.seq.desc()).limit(limit + 1)))
+        more = len(rows) > limit
+        return HistoryPage(list(reversed(rows[:limit])), more)
+
+    async def delete_session(self, session_id: str) -> bool:
+        async with self._db.write() as db:
+            # Explicit, so deletion does not depend on the database enforcing ON DELETE CASCADE.
+            await db.execute(delete(Message).where(Message.session_id == session_id))
+            result = await db.execute(delete(ChatSession).where(ChatSession.id == session_id))
+            return bool(getattr(result, "rowcount", 0))
+
+    async def recover_interrupted(self, message_ids: list[str] | None = None) -> int:
+        """Replies left `streaming` by a process that died are marked `interrupted`, keeping checkpointed text."""
+        query = update(Message).where(Message.status == "streaming")
+        if message_ids is not None:
+            query = query.where(Message.id.in_(message_ids))
+        async with self._db.write() as db:
+            result = await db.execute(query.values(status="interrupted", updated_at=utcnow()))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    async def calibration(self, model: str) -> TokenCalibration | None:
+        async with self._db.read() as db:
+            return await db.get(TokenCalibration, model)
+
+
+async def _add_calibration(db: Any, model: str, estimated: int, reported: int) -> None:
+    # Increment in SQL so concurrent writers (several processes on PostgreSQL) never lose a sample.
+    result = await db.execute(
+        update(TokenCalibration)
+        .where(TokenCalibration.model == model)
+        .values(
+            samples=TokenCalibration.samples + 1,
+            estimated_tokens=TokenCalibration.estimated_tokens + estimated,
+            reported_tokens=TokenCalibration.reported_tokens + reported,
+            updated_at=utcnow(),
+        )
+    )
+    if not result.rowcount:
+        db.add(TokenCalibration(model=model, samples=1, estimated_tokens=estimated, reported_tokens=reported))

@@ -1,0 +1,272 @@
+"""One chat turn's whole life: lock, persist the user turn, assemble, stream, relay, persist the reply, account,
+release. Whatever happens, the client gets exactly one terminal frame: `chat.stream.end` or `error`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from . import errors
+from .accounting import Priced
+from .context import Assembled, assemble
+from .inspection import calibrated, calibration_ratio, estimate_input_tokens
+from .locks import SessionLease
+from .models import ChatSession, Message, UsageRecord, utcnow
+from .protocol import Request, RequestId
+from .services import Services
+from .store import TurnRows
+from .store.chats import new_id
+from .turn_frames import duplicate_frame, end_frame, usage_record
+from .upstream import Reply, map_error, retry_after_s
+
+log = logging.getLogger(__name__)
+
+# Why the stream was cut short -> the status its reply and usage row keep.
+_CANCEL_STATUS = {"cancelled": "cancelled", "client_gone": "disconnected", "shutdown": "interrupted"}
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+SendRaw = Callable[[str], Awaitable[None]]
+
+
+class Turn:
+    def __init__(self, services: Services, request: Request, send: Send, send_raw: SendRaw) -> None:
+        self.s = services
+        self.request = request
+        self.send = send
+        self.send_raw = send_raw
+        self.session_id: str | None = request.get("sessionId")
+        self.cancel_reason: str | None = None  # "cancelled" | "client_gone" | "shutdown", set before task.cancel()
+        self._lease: SessionLease | None = None
+
+    @property
+    def rid(self) -> RequestId:
+        return self.request.id
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except errors.GatewayError as exc:
+            await self.send(_error(exc, self.rid, sessionId=self.session_id))
+        except asyncio.CancelledError:
+            # Cancelled before anything was persisted: nothing to save, but the client still gets its terminal frame.
+            await self.send(_error(errors.Cancelled("the request was cancelled"), self.rid, sessionId=self.session_id))
+        except Exception as exc:
+            log.exception("turn failed unexpectedly")
+            await self.send(_error(errors.InternalError(f"internal error: {type(exc).__name__}"), self.rid))
+        finally:
+            if self._lease is not None:
+                await self._lease.release()
+
+    async def _run(self) -> None:
+        s, req = self.s, self.request
+        key: str | None = req.get("idempotencyKey")
+        if key is not None and await self._answer_duplicate(key):
+            return
+        session: ChatSession | None = None
+        if self.session_id is not None:
+            self._lease = await s.locks.acquire(self.session_id)
+            session = await s.store.chats.get_session(self.session_id)
+            wanted_agent = req.get("agentId")
+            if session is None or (wanted_agent is not None and wanted_agent != session.agent_id):
+                raise errors.SessionNotFound(f"session {self.session_id} does not exist", sessionId=self.session_id)
+        agent_id = session.agent_id if session is not None else (req.get("agentId") or "default")
+        workspace = s.workspaces.load(agent_id)
+        model: str = req.get("model") or workspace.model or s.settings.default_model
+        max_tokens: int = req.get("maxTokens") or workspace.max_tokens or s.settings.default_max_tokens
+        history = await s.store.chats.load_history(session.id) if session is not None else []
+        assembled = assemble(workspace, history, pending=req.get("content"), model=model, max_tokens=max_tokens)
+        estimate = estimate_input_tokens(assembled, s.tokens)
+        await self._check_window(model, estimate)
+        s.upstream.client()  # MISSING_API_KEY before anything is written
+        rows = await s.store.chats.begin_turn(
+            session_id=self.session_id,
+            agent_id=agent_id,
+            model=model,
+            content=req.get("content"),
+            idempotency_key=key,
+        )
+        self.session_id = rows.session.id
+        if rows.session_created:
+            self._lease = await s.locks.acquire(rows.session.id)
+            await self.send(
+                {
+                    "type": "session.created",
+                    "id": self.rid,
+                    "sessionId": rows.session.id,
+                    "sessionKey": session_key(rows.session),
+                    "agentId": agent_id,
+                    "createdAt": rows.session.created_at,
+                }
+            )
+        await self._stream(rows, assembled, estimate)
+
+    async def _check_window(self, model: str, estimate: int) -> None:
+        window = self.s.prices.context_window(model)
+        if window is None:
+            return
+        ratio = calibration_ratio(await self.s.store.chats.calibration(model))
+        expected = calibrated(estimate, ratio)
+        if expected > window:
+            raise errors.ContextTooLarge(
+                f"the assembled context is about {expected} tokens; {model}'s window is {window}",
+                tokenEstimate=expected,
+                contextWindow=window,
+            )
+
+    async def _answer_duplicate(self, key: str) -> bool:
+        found = await self.s.store.chats.find_by_idempotency_key(key)
+        if found is None:
+            return False
+        user, reply = found
+        await self.send(duplicate_frame(self.rid, user, reply))
+        return True
+
+    async def _stream(self, rows: TurnRows, assembled: Assembled, estimate: int) -> None:
+        s = self.s
+        message: Message = rows.assistant_message
+        session_id = rows.session.id
+        prefix_ids = f'"id":{json.dumps(self.rid)},"sessionId":"{session_id}","messageId":"{message.id}"'
+        delta_prefix = '{"type":"chat.stream.delta",' + prefix_ids + ',"delta":'
+        thinking_prefix = '{"type":"chat.stream.thinking",' + prefix_ids + ',"delta":'
+        await self.send(
+            {
+                "type": "chat.stream.start",
+                "id": self.rid,
+                "sessionId": session_id,
+                "messageId": message.id,
+                "model": assembled.model,
+            }
+        )
+        started = time.monotonic()
+        reply = Reply()
+        failure: errors.GatewayError | None = None
+        status = "complete"
+        attempt = 0
+        first_token_ms: int | None = None
+        relayed = False
+        last_checkpoint = started
+        try:
+            async with asyncio.timeout(s.settings.upstream_total_timeout_s):
+                while True:
+                    reply = Reply()
+                    attempt_started = utcnow()
+                    try:
+                        stream = await s.upstream.stream(assembled.params)
+                        async for event in stream:
+                            out = reply.feed(event)
+                            if out is None:
+                                continue
+                            if first_token_ms is None:
+                                first_token_ms = int((time.monotonic() - started) * 1000)
+                            relayed = True
+                            kind, chunk = out
+                            prefix = delta_prefix if kind == "text" else thinking_prefix
+                            await self.send_raw(prefix + json.dumps(chunk, ensure_ascii=False) + "}")
+                            now = time.monotonic()
+                            if now - last_checkpoint >= s.settings.checkpoint_interval_s:
+                                last_checkpoint = now
+                                await s.store.chats.checkpoint(message.id, reply.content(complete=False), reply.text)
+                        if not reply.finished:
+                            raise errors.UpstreamError("the upstream stream ended before message_stop")
+                        break
+                    except (errors.GatewayError, Exception) as exc:
+                        mapped = map_error(exc)
+                        if relayed or not mapped.retryable or attempt >= s.settings.upstream_max_retries:
+                            raise mapped from exc
+                        await self._record_failed_attempt(rows, reply, assembled, attempt_started, started)
+                        attempt += 1
+                        await asyncio.sleep(self._backoff(attempt, exc))
+        except asyncio.CancelledError:
+            status = _CANCEL_STATUS.get(self.cancel_reason or "cancelled", "cancelled")
+        except errors.GatewayError as exc:
+            failure, status = exc, "failed"
+        except TimeoutError:
+            failure, status = errors.UpstreamTimeout("the turn took longer than the total upstream timeout"), "failed"
+        await self._finish(rows, reply, assembled, estimate, status, failure, started, first_token_ms)
+
+    def _backoff(self, attempt: int, exc: BaseException) -> float:
+        cfg = self.s.settings
+        server = retry_after_s(exc)
+        if server is not None:
+            return min(server, cfg.upstream_retry_max_s)
+        return min(cfg.upstream_retry_max_s, cfg.upstream_retry_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1)
+
+    async def _record_failed_attempt(
+        self, rows: TurnRows, reply: Reply, assembled: Assembled, at: datetime, started: float
+    ) -> None:
+        if reply.message_id is None:
+            return  # the upstream reported no usage, so it billed nothing
+        priced = self.s.prices.price(assembled.model, reply.usage, at)
+        record = usage_record(rows, priced, "failed", int((time.monotonic() - started) * 1000), None, None)
+        await asyncio.shield(self.s.store.usage.insert(record))
+
+    async def _finish(
+        self,
+        rows: TurnRows,
+        reply: Reply,
+        assembled: Assembled,
+        estimate: int,
+        status: str,
+        failure: errors.GatewayError | None,
+        started: float,
+        first_token_ms: int | None,
+    ) -> None:
+        s = self.s
+        duration_ms = int((time.monotonic() - started) * 1000)
+        priced: Priced | None = None
+        record: UsageRecord | None = None
+        if reply.message_id is not None:
+            priced = s.prices.price(assembled.model, reply.usage, utcnow())
+            record = usage_record(rows, priced, status, duration_ms, first_token_ms, estimate)
+        stop_reason = reply.stop_reason if status == "complete" else status
+        calibration = None
+        if status == "complete" and reply.usage.prompt_tokens > 0:
+            calibration = (assembled.model, estimate, reply.usage.prompt_tokens)
+        # Persisting must survive a second cancellation (shutdown while we save); the client may be gone already.
+        await asyncio.shield(
+            s.store.chats.finish_turn(
+                message_id=rows.assistant_message.id,
+                session_id=rows.session.id,
+                content=reply.content(complete=status == "complete"),
+                text=reply.text,
+                status=status,
+                stop_reason=stop_reason,
+                error_code=failure.code if failure else None,
+                usage=record,
+                calibration=calibration,
+            )
+        )
+        if failure is not None:
+            await self.send(
+                _error(
+                    failure,
+                    self.rid,
+                    sessionId=rows.session.id,
+                    messageId=rows.assistant_message.id,
+                    partialText=reply.text,
+                )
+            )
+            return
+        await self.send(end_frame(self.rid, rows, stop_reason, priced, duration_ms, status))
+
+
+def session_key(session: ChatSession) -> str:
+    return f"agent:{session.agent_id}:{session.id}"
+
+
+def _error(exc: errors.GatewayError, rid: RequestId, **details: Any) -> dict[str, Any]:
+    from .protocol import error_frame
+
+    for key, value in details.items():
+        if value is not None:
+            exc.details.setdefault(key, value)
+    return error_frame(exc, rid)
+
+
+__all__ = ["Turn", "new_id", "session_key"]

@@ -1,0 +1,116 @@
+"""The frames and the usage row a turn produces, kept apart from the turn's control flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .accounting import Priced, TokenUsage, nano_to_usd
+from .models import Message, UsageRecord, utcnow
+from .protocol import RequestId
+from .store import TurnRows
+from .store.chats import new_id
+
+
+def usage_fields(usage: TokenUsage) -> dict[str, int]:
+    return {
+        "inputTokens": usage.input_tokens,
+        "outputTokens": usage.output_tokens,
+        "cacheCreationInputTokens": usage.cache_creation_input_tokens,
+        "cacheReadInputTokens": usage.cache_read_tokens,
+        "cacheCreation5mInputTokens": usage.cache_write_5m_tokens,
+        "cacheCreation1hInputTokens": usage.cache_write_1h_tokens,
+    }
+
+
+def cost_fields(priced: Priced | None) -> dict[str, Any]:
+    cost = priced.cost if priced is not None else None
+    if cost is None:
+        return {
+            "inputCost": None,
+            "outputCost": None,
+            "cacheCost": None,
+            "totalCost": None,
+            "savedCost": None,
+            "priced": False,
+        }
+    return {
+        "inputCost": nano_to_usd(cost.input),
+        "outputCost": nano_to_usd(cost.output),
+        "cacheCost": nano_to_usd(cost.cache_write + cost.cache_read),
+        "totalCost": nano_to_usd(cost.total),
+        "savedCost": nano_to_usd(cost.saved),
+        "priced": True,
+    }
+
+
+def end_frame(
+    rid: RequestId, rows: TurnRows, stop_reason: str | None, priced: Priced | None, duration_ms: int, status: str
+) -> dict[str, Any]:
+    usage = priced.usage if priced is not None else TokenUsage()
+    return {
+        "type": "chat.stream.end",
+        "id": rid,
+        "sessionId": rows.session.id,
+        "messageId": rows.assistant_message.id,
+        "stopReason": stop_reason,
+        "status": status,
+        "usage": usage_fields(usage),
+        "cost": cost_fields(priced),
+        "durationMs": duration_ms,
+    }
+
+
+def duplicate_frame(rid: RequestId, user: Message, reply: Message | None) -> dict[str, Any]:
+    """The answer to a resent `chat.send` whose idempotencyKey was seen: the existing turn's state, no new request."""
+    return {
+        "type": "chat.state",
+        "id": rid,
+        "duplicate": True,
+        "sessionId": user.session_id,
+        "userMessageId": user.id,
+        "messageId": reply.id if reply is not None else None,
+        "status": reply.status if reply is not None else "pending",
+        "stopReason": reply.stop_reason if reply is not None else None,
+        "text": reply.text if reply is not None else "",
+    }
+
+
+def usage_record(
+    rows: TurnRows,
+    priced: Priced,
+    status: str,
+    duration_ms: int,
+    first_token_ms: int | None,
+    estimated_input_tokens: int | None,
+) -> UsageRecord:
+    usage, rates, cost = priced.usage, priced.rates, priced.cost
+    return UsageRecord(
+        id=new_id(),
+        session_id=rows.session.id,
+        message_id=rows.assistant_message.id,
+        agent_id=rows.session.agent_id,
+        model=priced.model,
+        status=status,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_write_5m_tokens=usage.cache_write_5m_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        input_cost=cost.input if cost else None,
+        output_cost=cost.output if cost else None,
+        cache_write_cost=cost.cache_write if cost else None,
+        cache_read_cost=cost.cache_read if cost else None,
+        total_cost=cost.total if cost else None,
+        uncached_cost=cost.uncached if cost else None,
+        rate_input=rates.input if rates else None,
+        rate_output=rates.output if rates else None,
+        rate_cache_write_5m=rates.cache_write_5m if rates else None,
+        rate_cache_write_1h=rates.cache_write_1h if rates else None,
+        rate_cache_read=rates.cache_read if rates else None,
+        price_source=priced.source,
+        price_tier=priced.tier,
+        estimated_input_tokens=estimated_input_tokens,
+        duration_ms=duration_ms,
+        first_token_ms=first_token_ms,
+        created_at=utcnow(),
+    )
