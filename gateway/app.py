@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
+from .connection import Connection
 from .db import create_engine, make_sessionmaker, upgrade_to_head
 from .handlers import CONNECTIONS, SERVICES, SOCKETS, gateway_ws, healthz
 from .keys import KeyProvider, Vault
@@ -30,7 +31,8 @@ async def _make_locks(settings: Settings, database: Database) -> SessionLocks:
     if database.dialect == "postgresql":
         from .pg_locks import PgSessionLocks
 
-        return await PgSessionLocks.open(database.engine)
+        pg_locks: SessionLocks = await PgSessionLocks.open(database.engine)
+        return pg_locks
     return LocalSessionLocks()
 
 
@@ -74,17 +76,20 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def on_shutdown(app: web.Application) -> None:
     """End every stream with its terminal frame (saving what it has), then close sockets with GOING_AWAY."""
-    connections = list(app[CONNECTIONS])
-    await asyncio.gather(*(c.stop_turn("shutdown") for c in connections), return_exceptions=True)
-    for ws in list(app[SOCKETS]):
+    connections: weakref.WeakSet[Connection] = app[CONNECTIONS]
+    sockets: weakref.WeakSet[web.WebSocketResponse] = app[SOCKETS]
+    await asyncio.gather(*(c.stop_turn("shutdown") for c in list(connections)), return_exceptions=True)
+    for ws in list(sockets):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_frame_bytes)
     app[SETTINGS] = settings
-    app[SOCKETS] = weakref.WeakSet()
-    app[CONNECTIONS] = weakref.WeakSet()
+    sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+    connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+    app[SOCKETS] = sockets
+    app[CONNECTIONS] = connections
     app.cleanup_ctx.append(services_ctx)
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/healthz", healthz)

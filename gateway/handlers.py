@@ -18,8 +18,8 @@ from .services import Services
 log = logging.getLogger(__name__)
 
 SERVICES = web.AppKey("services", Services)
-SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
-CONNECTIONS = web.AppKey("connections", weakref.WeakSet[Connection])
+SOCKETS = web.AppKey[weakref.WeakSet[web.WebSocketResponse]]("sockets")
+CONNECTIONS = web.AppKey[weakref.WeakSet[Connection]]("connections")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 

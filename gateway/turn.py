@@ -195,7 +195,8 @@ class Turn:
         server = retry_after_s(exc)
         if server is not None:
             return min(server, cfg.upstream_retry_max_s)
-        return min(cfg.upstream_retry_max_s, cfg.upstream_retry_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1)
+        backoff: float = cfg.upstream_retry_base_s * 2 ** (attempt - 1)
+        return min(cfg.upstream_retry_max_s, backoff) * random.uniform(0.5, 1)
 
     async def _record_failed_attempt(
         self, rows: TurnRows, reply: Reply, assembled: Assembled, at: datetime, started: float

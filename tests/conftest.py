@@ -16,6 +16,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from tests.fake_anthropic import FakeAnthropic
 
+RECV_TIMEOUT_S = 10.0
 TERMINAL = ("chat.stream.end", "error", "chat.state")
 
 
@@ -97,8 +98,8 @@ async def ws(gateway: Gateway) -> AsyncIterator[ClientWebSocketResponse]:
     await socket.close()
 
 
-async def recv(ws: ClientWebSocketResponse, timeout: float = 10.0) -> dict[str, Any]:
-    msg = await ws.receive(timeout=timeout)
+async def recv(ws: ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await ws.receive(timeout=RECV_TIMEOUT_S)
     assert msg.type == WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data!r}"
     frame: dict[str, Any] = json.loads(msg.data)
     return frame

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -55,7 +55,6 @@ class UsageTotals:
     total_cost: int = 0
     uncached_cost: int = 0
     unpriced_requests: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: UsageTotals) -> None:
         for name in _SUM_FIELDS:
@@ -99,7 +98,8 @@ def _sum_columns() -> list[Any]:
 
 
 def _totals(row: Any) -> UsageTotals:
-    return UsageTotals(**{name: int(getattr(row, name)) for name in _SUM_FIELDS})
+    values: dict[str, Any] = {name: int(getattr(row, name)) for name in _SUM_FIELDS}
+    return UsageTotals(**values)
 
 
 class UsageStore:
