@@ -107,7 +107,7 @@ class Connection:
             await self.send({"type": "pong", "id": request.id})
         else:
             reply = await QUERIES[request.type](self.s, request)
-            await self.send({**reply, "id": request.id})
+            await self.send({"type": reply["type"], "id": request.id, **reply})
 
     async def _auth(self, request: Request) -> None:
         expected = self.s.settings.token

@@ -24,8 +24,14 @@ from aiohttp import web
 _SEP = (",", ":")
 _WORD = re.compile(r"\s*\S+\s*")
 _ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
 }
 # Templates rather than json.dumps of whole dicts: deltas dominate the event count at 200 concurrent streams.
 _DELTA = 'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"%s","%s":%s}}\n\n'
@@ -251,8 +257,11 @@ class FakeAnthropic:
 
     async def _stream(self, request: web.Request, reply: Reply, plan: _Plan) -> web.StreamResponse:
         resp = web.StreamResponse(
-            headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
-                     "request-id": f"req_{uuid.uuid4().hex[:24]}"},
+            headers={
+                "content-type": "text/event-stream; charset=utf-8",
+                "cache-control": "no-cache",
+                "request-id": f"req_{uuid.uuid4().hex[:24]}",
+            },
         )
         await resp.prepare(request)
         state = _Stream()
@@ -263,16 +272,32 @@ class FakeAnthropic:
             await resp.write(_sse("message_start", {"type": "message_start", "message": plan.message(final=False)}))
             await resp.write(_PING)
             if plan.thinking_events:
-                await resp.write(_sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                      "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
+                await resp.write(
+                    _sse(
+                        "content_block_start",
+                        {
+                            "type": "content_block_start",
+                            "index": 0,
+                            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                        },
+                    )
+                )
                 for event in plan.thinking_events:
                     if reply.delay_s:
                         await asyncio.sleep(reply.delay_s)
                     await resp.write(event)
                 await resp.write(_delta(0, "signature_delta", "signature", plan.signature))
                 await resp.write((_STOP % 0).encode())
-            await resp.write(_sse("content_block_start", {"type": "content_block_start", "index": plan.text_index,
-                                  "content_block": {"type": "text", "text": ""}}))
+            await resp.write(
+                _sse(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": plan.text_index,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+            )
             for i in range(len(plan.text_events) + 1):
                 if i == reply.hold_after_deltas:
                     await self._hold()
@@ -325,8 +350,9 @@ class _Plan:
             self.thinking_events = []
         self.signature = base64.b64encode(hashlib.sha256((reply.thinking or "").encode()).digest()).decode()
         self.input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_tokens(body)
-        self.output_tokens = (reply.output_tokens if reply.output_tokens is not None
-                              else len(text_chunks) + len(thinking_chunks))
+        self.output_tokens = (
+            reply.output_tokens if reply.output_tokens is not None else len(text_chunks) + len(thinking_chunks)
+        )
         self.id = f"msg_{uuid.uuid4().hex[:24]}"
 
     def usage(self, output_tokens: int) -> dict[str, Any]:
@@ -335,8 +361,10 @@ class _Plan:
             "input_tokens": self.input_tokens,
             "cache_creation_input_tokens": r.cache_creation_5m + r.cache_creation_1h,
             "cache_read_input_tokens": r.cache_read,
-            "cache_creation": {"ephemeral_5m_input_tokens": r.cache_creation_5m,
-                               "ephemeral_1h_input_tokens": r.cache_creation_1h},
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": r.cache_creation_5m,
+                "ephemeral_1h_input_tokens": r.cache_creation_1h,
+            },
             "output_tokens": output_tokens,
         }
 
@@ -347,8 +375,13 @@ class _Plan:
         # Like the real API, message_start reports a token or so of output before any content exists.
         early = self.reply.output_tokens_before_error if self.reply.output_tokens_before_error is not None else 1
         return {
-            "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
-            "stop_reason": self.reply.stop_reason if final else None, "stop_sequence": None,
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": self.reply.stop_reason if final else None,
+            "stop_sequence": None,
             "usage": self.usage(self.output_tokens if final else early),
         }
 
@@ -356,15 +389,19 @@ class _Plan:
         # The current API repeats the (cumulative) input counts here; a consumer must not add them twice.
         usage = self.usage(self.output_tokens)
         del usage["cache_creation"]
-        return {"type": "message_delta", "delta": {"stop_reason": self.reply.stop_reason, "stop_sequence": None},
-                "usage": usage}
+        return {
+            "type": "message_delta",
+            "delta": {"stop_reason": self.reply.stop_reason, "stop_sequence": None},
+            "usage": usage,
+        }
 
 
 async def _serve(args: argparse.Namespace) -> None:
     fake = FakeAnthropic(api_key=args.api_key)
     words = " ".join(f"word{i}" for i in range(args.words)) if args.words else None
-    fake.default = Reply(text=words, thinking="Thinking it over." if args.thinking else None,
-                         delay_s=args.delay_ms / 1000)
+    fake.default = Reply(
+        text=words, thinking="Thinking it over." if args.thinking else None, delay_s=args.delay_ms / 1000
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -40,8 +40,11 @@ async def test_first_send_creates_session_and_streams_reply(ws: ClientWebSocketR
 
 
 async def test_cost_uses_sonnet_5_5_prices(ws: ClientWebSocketResponse, fake: FakeAnthropic) -> None:
-    fake.queue(Reply(text="ok", input_tokens=1_000_000, output_tokens=100_000, cache_read=1_000_000,
-                     cache_creation_5m=1_000_000))
+    fake.queue(
+        Reply(
+            text="ok", input_tokens=1_000_000, output_tokens=100_000, cache_read=1_000_000, cache_creation_5m=1_000_000
+        )
+    )
     end = (await chat(ws, "price me"))[-1]
     # $2 input + $1 output (100K x $10/M) + $2.50 5m write + $0.10 cache read per the published table.
     assert end["cost"]["inputCost"] == 2.0
@@ -107,8 +110,16 @@ async def test_unknown_session_is_refused_without_upstream_call(
     ws: ClientWebSocketResponse, fake: FakeAnthropic
 ) -> None:
     frames = await chat(ws, "hello", sessionId="nope")
-    assert frames == [{"type": "error", "id": "t1", "code": "SESSION_NOT_FOUND", "message": frames[0]["message"],
-                       "retryable": False, "sessionId": "nope"}]
+    assert frames == [
+        {
+            "type": "error",
+            "id": "t1",
+            "code": "SESSION_NOT_FOUND",
+            "message": frames[0]["message"],
+            "retryable": False,
+            "sessionId": "nope",
+        }
+    ]
     assert fake.requests == []
 
 

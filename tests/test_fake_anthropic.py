@@ -44,8 +44,9 @@ async def client(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
 
 
 async def test_stream_thinking_text_usage(fake: FakeAnthropic, client: anthropic.AsyncAnthropic) -> None:
-    fake.queue(Reply(text="Hello there, world", input_tokens=11, cache_creation_5m=3, cache_creation_1h=4,
-                     cache_read=5))
+    fake.queue(
+        Reply(text="Hello there, world", input_tokens=11, cache_creation_5m=3, cache_creation_1h=4, cache_read=5)
+    )
     deltas: list[str] = []
     async with client.messages.stream(model=MODEL, max_tokens=100, messages=HI) as s:
         async for event in s:
@@ -69,8 +70,9 @@ async def test_stream_thinking_text_usage(fake: FakeAnthropic, client: anthropic
     assert await fake.wait_stream_closed() is False and fake.streams_completed == 1
 
 
-async def test_echo_without_thinking_matches_count_tokens(fake: FakeAnthropic,
-                                                          client: anthropic.AsyncAnthropic) -> None:
+async def test_echo_without_thinking_matches_count_tokens(
+    fake: FakeAnthropic, client: anthropic.AsyncAnthropic
+) -> None:
     fake.default = Reply(thinking=None, chunk_words=2, stop_reason="max_tokens")
     async with client.messages.stream(model=MODEL, max_tokens=100, messages=HI, system="be brief") as s:
         msg = await s.get_final_message()
@@ -92,11 +94,16 @@ async def test_non_streaming_create(fake: FakeAnthropic, client: anthropic.Async
 
 @pytest.mark.parametrize(
     ("status", "exc"),
-    [(401, anthropic.AuthenticationError), (429, anthropic.RateLimitError), (529, anthropic.OverloadedError),
-     (500, anthropic.InternalServerError)],
+    [
+        (401, anthropic.AuthenticationError),
+        (429, anthropic.RateLimitError),
+        (529, anthropic.OverloadedError),
+        (500, anthropic.InternalServerError),
+    ],
 )
-async def test_http_errors(fake: FakeAnthropic, client: anthropic.AsyncAnthropic, status: int,
-                           exc: type[anthropic.APIStatusError]) -> None:
+async def test_http_errors(
+    fake: FakeAnthropic, client: anthropic.AsyncAnthropic, status: int, exc: type[anthropic.APIStatusError]
+) -> None:
     fake.queue(Reply(status=status, retry_after="7"))
     with pytest.raises(exc) as info:
         await client.messages.create(model=MODEL, max_tokens=100, messages=HI)
@@ -118,8 +125,10 @@ async def test_wrong_key_and_unknown_model(url: str, client: anthropic.AsyncAnth
     fake.api_key = "other"
     with pytest.raises(anthropic.AuthenticationError) as info:
         await client.messages.count_tokens(model=MODEL, messages=HI)
-    assert info.value.body == {"type": "error", "error": {"type": "authentication_error",
-                                                           "message": "invalid x-api-key"}}
+    assert info.value.body == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+    }
 
 
 async def test_mid_stream_error(fake: FakeAnthropic, client: anthropic.AsyncAnthropic) -> None:
