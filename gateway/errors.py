@@ -52,6 +52,14 @@ class NothingToCancel(GatewayError):
     code = "NOTHING_TO_CANCEL"
 
 
+class DuplicateRequest(GatewayError):
+    """Two sends with one idempotencyKey raced to the database and this one lost. The turn answers `chat.state`
+    instead; a client sees this code only if the winner vanished in between (its session was deleted)."""
+
+    code = "DUPLICATE_REQUEST"
+    retryable = True
+
+
 class Cancelled(GatewayError):
     code = "CANCELLED"
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import weakref
-from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import errors
-from .connection import Connection
-from .protocol import dump, error_frame
+from .connection import Connection, token_ok
+from .protocol import error_frame
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -31,21 +29,38 @@ def _bearer(request: web.Request) -> str | None:
     return None
 
 
-def token_ok(expected: str | None, given: str | None) -> bool:
-    if expected is None:
-        return True
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
-
-
-def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+def origin_allowed(request: web.Request, allowed: tuple[str, ...], *, has_token: bool) -> bool:
     """Browsers always send Origin; other clients usually don't. A page from elsewhere must not drive the gateway."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True
     if origin in allowed:
         return True
-    own = f"{request.scheme}://{request.host}"
-    return origin == own
+    if origin != f"{request.scheme}://{request.host}":
+        return False
+    # The gateway's own origin. Without a token, also insist the page was loaded by a loopback name: a rebound DNS
+    # name (evil.example -> 127.0.0.1) makes a hostile page look same-origin, but its Host header gives it away.
+    return has_token or _is_loopback_name(request.host)
+
+
+def _is_loopback_name(host: str) -> bool:
+    name = host[: host.find("]") + 1] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return name.lower() in LOOPBACK_HOSTS
+
+
+def read_limit(max_frame_bytes: int) -> int:
+    """What aiohttp may read of one frame. A bit above our own limit, so a frame slightly too large still gets an
+    error frame from us (and the connection lives on); beyond this aiohttp closes the socket with 1009."""
+    return max_frame_bytes + max(64 * 1024, max_frame_bytes // 4)
+
+
+def frame_too_large(data: str | bytes, limit: int) -> errors.MessageTooLarge | None:
+    if len(data) * 4 <= limit:  # a str of n characters is at most 4n UTF-8 bytes: the common case costs nothing
+        return None
+    size = len(data.encode() if isinstance(data, str) else data)
+    if size <= limit:
+        return None
+    return errors.MessageTooLarge(f"frame is {size} bytes; the limit is {limit}")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -64,44 +79,51 @@ async def healthz(request: web.Request) -> web.Response:
 async def gateway_ws(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     settings = services.settings
-    if not origin_allowed(request, settings.allowed_origins):
-        log.warning("refused a WebSocket upgrade from origin %s", request.headers.get("Origin"))
+    if not origin_allowed(request, settings.allowed_origins, has_token=settings.token is not None):
+        log.warning("refused a WebSocket upgrade from origin %r", request.headers.get("Origin"))
         raise web.HTTPForbidden(text="origin not allowed")
     header_token = _bearer(request)
     if header_token is not None and not token_ok(settings.token, header_token):
         raise web.HTTPUnauthorized(text="wrong gateway token")
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s or None,
-        max_msg_size=settings.max_frame_bytes,
+        max_msg_size=read_limit(settings.max_frame_bytes),
     )
     await ws.prepare(request)
     authenticated = settings.token is None or header_token is not None
     connection = Connection(ws, services, authenticated=authenticated)
     request.app[SOCKETS].add(ws)
     request.app[CONNECTIONS].add(connection)
-    auth_deadline = None if authenticated else asyncio.get_running_loop().time() + settings.auth_timeout_s
+    loop = asyncio.get_running_loop()
+    auth_deadline = None if authenticated else loop.time() + settings.auth_timeout_s
     try:
         while True:
             timeout = None
             if auth_deadline is not None and not connection.authenticated:
-                timeout = max(0.0, auth_deadline - asyncio.get_running_loop().time())
+                # Never 0: aiohttp reads a zero timeout as "no timeout".
+                timeout = max(0.001, auth_deadline - loop.time())
             try:
                 msg = await ws.receive(timeout=timeout)
             except TimeoutError:
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"authentication required")
                 break
-            if msg.type == WSMsgType.TEXT:
-                await connection.handle_text(msg.data)
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                too_large = frame_too_large(msg.data, settings.max_frame_bytes)
+                if too_large is not None:
+                    await connection.send(error_frame(too_large, None))
+                elif msg.type == WSMsgType.TEXT:
+                    await connection.handle_text(msg.data)
+                else:
+                    await connection.send(
+                        error_frame(errors.InvalidMessage("binary frames are not accepted; send JSON text"), None)
+                    )
                 if not connection.authenticated:
                     # The first frame of an unauthenticated connection must be a good `auth`; anything else ends it.
                     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"authentication required")
                     break
-            elif msg.type == WSMsgType.BINARY:
-                await connection.send(
-                    error_frame(errors.InvalidMessage("binary frames are not accepted; send JSON text"), None)
-                )
             elif msg.type == WSMsgType.ERROR:
-                await _report_socket_error(connection, ws)
+                # aiohttp has already closed the socket (1009 for a frame beyond read_limit, 1006 for a dead peer).
+                log.info("socket closed on error: %s", ws.exception() or msg.data)
                 break
             else:  # CLOSE, CLOSING, CLOSED
                 break
@@ -109,15 +131,3 @@ async def gateway_ws(request: web.Request) -> web.StreamResponse:
         await connection.close()
         request.app[SOCKETS].discard(ws)
     return ws
-
-
-async def _report_socket_error(connection: Connection, ws: web.WebSocketResponse) -> None:
-    exc: Any = ws.exception()
-    if exc is not None and "size" in str(exc).lower():
-        frame = error_frame(errors.MessageTooLarge(f"frame too large: {exc}"), None)
-        connection.gone = False
-        try:
-            await ws.send_str(dump(frame))
-        except (ConnectionError, RuntimeError):
-            pass
-    log.info("socket error: %s", exc)

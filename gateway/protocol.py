@@ -103,6 +103,7 @@ def _check(request_type: str, spec: Field, value: Any) -> None:
     if not isinstance(value, kinds):
         raise InvalidMessage(f"{where} must be {_type_name(spec.kind)}", field=spec.wire)
     if isinstance(value, str):
+        _check_text(where, spec.wire, value)
         if spec.non_empty and not value.strip():
             raise InvalidMessage(f"{where} must not be empty", field=spec.wire)
         if spec.max_len is not None and len(value) > spec.max_len:
@@ -116,6 +117,27 @@ def _check(request_type: str, spec: Field, value: Any) -> None:
             raise InvalidMessage(f"{where} must be at most {spec.max_value}", field=spec.wire)
 
 
+def storable(text: str) -> bool:
+    """Whether a string can be sent as UTF-8 and stored in both databases: no lone surrogates (JSON lets "\\ud800"
+    through; UTF-8 cannot encode it) and no NUL (PostgreSQL TEXT cannot hold it). One rule for SQLite and PostgreSQL."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(where: str, wire: str, value: str) -> None:
+    if "\x00" in value:
+        raise InvalidMessage(f"{where} must not contain NUL characters (U+0000)", field=wire)
+    if not storable(value):
+        raise InvalidMessage(f"{where} contains a lone UTF-16 surrogate (like \\ud800), not text", field=wire)
+
+
 def _reject_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -124,7 +146,7 @@ def request_id_of(raw: Any) -> RequestId:
     """The `id` to echo, or None when it is absent or not a usable id."""
     if isinstance(raw, dict):
         rid = raw.get("id")
-        if isinstance(rid, str) and len(rid) <= MAX_ID_CHARS:
+        if isinstance(rid, str) and len(rid) <= MAX_ID_CHARS and storable(rid):
             return rid
         if isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) < 2**53:
             return rid
@@ -149,7 +171,10 @@ def _validate(raw: Any, rid: RequestId, max_content_chars: int) -> Request:
     if not isinstance(raw, dict):
         raise InvalidMessage("frame must be a JSON object")
     if "id" in raw and raw["id"] is not None and rid is None:
-        raise InvalidMessage(f"field 'id' must be a string (at most {MAX_ID_CHARS} characters) or an integer")
+        raise InvalidMessage(
+            f"field 'id' must be a string (at most {MAX_ID_CHARS} characters, no NUL or lone surrogates) or an integer",
+            field="id",
+        )
     request_type = raw.get("type")
     if not isinstance(request_type, str):
         raise InvalidMessage("field 'type' is required and must be a string", field="type")

@@ -81,6 +81,10 @@ class Settings:
         return self.home / "keys.json"
 
     @property
+    def token_path(self) -> Path:
+        return self.home / "token"
+
+    @property
     def prices_path(self) -> Path:
         return self.home / "prices.toml"
 
@@ -119,13 +123,23 @@ class Settings:
             heartbeat_s=_float(env, "AGENTSPACE_HEARTBEAT_S", 30.0),
             on_disconnect=env.get("AGENTSPACE_ON_DISCONNECT") or "cancel",
             checkpoint_interval_s=_float(env, "AGENTSPACE_CHECKPOINT_INTERVAL_S", 1.0),
-            token=env.get("AGENTSPACE_TOKEN") or None,
+            token=env.get("AGENTSPACE_TOKEN") or read_token_file(home / "token"),
             allowed_origins=origins,
+            auth_timeout_s=_float(env, "AGENTSPACE_AUTH_TIMEOUT_S", 5.0),
             db_pool_size=_int(env, "AGENTSPACE_DB_POOL_SIZE", 5),
             db_max_overflow=_int(env, "AGENTSPACE_DB_MAX_OVERFLOW", 5),
             log_format=env.get("AGENTSPACE_LOG_FORMAT") or "text",
             log_level=env.get("AGENTSPACE_LOG_LEVEL") or "INFO",
         )
+
+
+def read_token_file(path: Path) -> str | None:
+    """The token `agentspace token create` stored, or None when there is none (an empty file counts as none)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return token or None
 
 
 def default_db_url(home: Path) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import errors
 from .accounting import Priced
+from .checkpoints import Checkpointer
 from .context import Assembled, assemble
 from .inspection import calibrated, calibration_ratio, estimate_input_tokens
 from .locks import SessionLease
@@ -84,26 +85,20 @@ class Turn:
         estimate = estimate_input_tokens(assembled, s.tokens)
         await self._check_window(model, estimate)
         s.upstream.client()  # MISSING_API_KEY before anything is written
-        rows = await s.store.chats.begin_turn(
-            session_id=self.session_id,
-            agent_id=agent_id,
-            model=model,
-            content=req.get("content"),
-            idempotency_key=key,
-        )
-        self.session_id = rows.session.id
-        if rows.session_created:
-            self._lease = await s.locks.acquire(rows.session.id)
-            await self.send(
-                {
-                    "type": "session.created",
-                    "id": self.rid,
-                    "sessionId": rows.session.id,
-                    "sessionKey": session_key(rows.session),
-                    "agentId": agent_id,
-                    "createdAt": rows.session.created_at,
-                }
+        try:
+            rows = await s.store.chats.begin_turn(
+                session_id=self.session_id,
+                agent_id=agent_id,
+                model=model,
+                content=req.get("content"),
+                idempotency_key=key,
             )
+        except errors.DuplicateRequest:
+            # Another send with this key won the race to the unique index: answer with its state, start nothing.
+            if key is not None and await self._answer_duplicate(key):
+                return
+            raise
+        self.session_id = rows.session.id
         await self._stream(rows, assembled, estimate)
 
     async def _check_window(self, model: str, estimate: int) -> None:
@@ -127,22 +122,36 @@ class Turn:
         await self.send(duplicate_frame(self.rid, user, reply))
         return True
 
-    async def _stream(self, rows: TurnRows, assembled: Assembled, estimate: int) -> None:
-        s = self.s
-        message: Message = rows.assistant_message
-        session_id = rows.session.id
-        prefix_ids = f'"id":{json.dumps(self.rid)},"sessionId":"{session_id}","messageId":"{message.id}"'
-        delta_prefix = '{"type":"chat.stream.delta",' + prefix_ids + ',"delta":'
-        thinking_prefix = '{"type":"chat.stream.thinking",' + prefix_ids + ',"delta":'
+    async def _announce(self, rows: TurnRows, model: str) -> None:
+        if rows.session_created:
+            self._lease = await self.s.locks.acquire(rows.session.id)
+            await self.send(
+                {
+                    "type": "session.created",
+                    "id": self.rid,
+                    "sessionId": rows.session.id,
+                    "sessionKey": session_key(rows.session),
+                    "agentId": rows.session.agent_id,
+                    "createdAt": rows.session.created_at,
+                }
+            )
         await self.send(
             {
                 "type": "chat.stream.start",
                 "id": self.rid,
-                "sessionId": session_id,
-                "messageId": message.id,
-                "model": assembled.model,
+                "sessionId": rows.session.id,
+                "messageId": rows.assistant_message.id,
+                "model": model,
             }
         )
+
+    async def _stream(self, rows: TurnRows, assembled: Assembled, estimate: int) -> None:
+        """From here on the reply row exists, so every way out goes through `_finish`, which settles its status."""
+        s = self.s
+        message: Message = rows.assistant_message
+        prefix_ids = f'"id":{json.dumps(self.rid)},"sessionId":"{rows.session.id}","messageId":"{message.id}"'
+        delta_prefix = '{"type":"chat.stream.delta",' + prefix_ids + ',"delta":'
+        thinking_prefix = '{"type":"chat.stream.thinking",' + prefix_ids + ',"delta":'
         started = time.monotonic()
         reply = Reply()
         failure: errors.GatewayError | None = None
@@ -150,51 +159,68 @@ class Turn:
         attempt = 0
         first_token_ms: int | None = None
         relayed = False
-        last_checkpoint = started
+
+        async def save_partial() -> None:
+            await s.store.chats.checkpoint(message.id, reply.content(complete=False), reply.text)
+
+        checkpointer = Checkpointer(save_partial, s.settings.checkpoint_interval_s)
         try:
             async with asyncio.timeout(s.settings.upstream_total_timeout_s):
+                await self._announce(rows, assembled.model)
+                checkpointer.start()
                 while True:
                     reply = Reply()
                     attempt_started = utcnow()
                     try:
-                        stream = await s.upstream.stream(assembled.params)
-                        async for event in stream:
-                            out = reply.feed(event)
-                            if out is None:
-                                continue
-                            if first_token_ms is None:
-                                first_token_ms = int((time.monotonic() - started) * 1000)
-                            relayed = True
-                            kind, chunk = out
-                            prefix = delta_prefix if kind == "text" else thinking_prefix
-                            await self.send_raw(prefix + json.dumps(chunk, ensure_ascii=False) + "}")
-                            now = time.monotonic()
-                            if now - last_checkpoint >= s.settings.checkpoint_interval_s:
-                                last_checkpoint = now
-                                await s.store.chats.checkpoint(message.id, reply.content(complete=False), reply.text)
+                        # `async with` closes the upstream response the moment we stop reading, cancel included,
+                        # so Anthropic stops generating (and billing) at once.
+                        async with await s.upstream.stream(assembled.params) as stream:
+                            async for event in stream:
+                                out = reply.feed(event)
+                                if out is None:
+                                    continue
+                                if first_token_ms is None:
+                                    first_token_ms = int((time.monotonic() - started) * 1000)
+                                relayed = True
+                                kind, chunk = out
+                                prefix = delta_prefix if kind == "text" else thinking_prefix
+                                # Awaited: a slow reader slows its own stream (and its upstream read), nothing else.
+                                await self.send_raw(prefix + json.dumps(chunk, ensure_ascii=False) + "}")
+                                checkpointer.touch()
                         if not reply.finished:
                             raise errors.UpstreamError("the upstream stream ended before message_stop")
                         break
-                    except (errors.GatewayError, Exception) as exc:
+                    except Exception as exc:
                         mapped = map_error(exc)
-                        if relayed or not mapped.retryable or attempt >= s.settings.upstream_max_retries:
+                        wait = retry_after_s(exc)
+                        if wait is not None:
+                            mapped.details.setdefault("retryAfter", wait)
+                        if (
+                            relayed
+                            or not mapped.retryable
+                            or attempt >= s.settings.upstream_max_retries
+                            # Waiting longer than we are willing to would hold the client hostage: fail fast and let
+                            # it decide, with `retryAfter` in the frame.
+                            or (wait is not None and wait > s.settings.upstream_retry_max_s)
+                        ):
                             raise mapped from exc
                         await self._record_failed_attempt(rows, reply, assembled, attempt_started, started)
                         attempt += 1
-                        await asyncio.sleep(self._backoff(attempt, exc))
+                        await asyncio.sleep(self._backoff(attempt, wait))
         except asyncio.CancelledError:
             status = _CANCEL_STATUS.get(self.cancel_reason or "cancelled", "cancelled")
+            _uncancel()
         except errors.GatewayError as exc:
             failure, status = exc, "failed"
         except TimeoutError:
             failure, status = errors.UpstreamTimeout("the turn took longer than the total upstream timeout"), "failed"
+        await checkpointer.stop()
         await self._finish(rows, reply, assembled, estimate, status, failure, started, first_token_ms)
 
-    def _backoff(self, attempt: int, exc: BaseException) -> float:
+    def _backoff(self, attempt: int, server_wait: float | None) -> float:
         cfg = self.s.settings
-        server = retry_after_s(exc)
-        if server is not None:
-            return min(server, cfg.upstream_retry_max_s)
+        if server_wait is not None:
+            return server_wait  # the server said when; at most upstream_retry_max_s (checked by the caller)
         backoff: float = cfg.upstream_retry_base_s * 2 ** (attempt - 1)
         return min(cfg.upstream_retry_max_s, backoff) * random.uniform(0.5, 1)
 
@@ -255,6 +281,13 @@ class Turn:
             )
             return
         await self.send(end_frame(self.rid, rows, stop_reason, priced, duration_ms, status))
+
+
+def _uncancel() -> None:
+    """We handled the cancellation (the partial reply is saved next); later awaits and timeouts must work normally."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def session_key(session: ChatSession) -> str:

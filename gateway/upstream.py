@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,8 +180,9 @@ class Upstream:
             self._client_key = key
         return self._client
 
-    async def stream(self, params: dict[str, Any]) -> AsyncIterator[Any]:
-        """The raw SDK event stream for one request (`params` as the context assembler built them)."""
+    async def stream(self, params: dict[str, Any]) -> anthropic.AsyncStream[Any]:
+        """The raw SDK event stream for one request (`params` as the context assembler built them). Use it as an
+        async context manager so the HTTP response is closed as soon as the caller stops reading."""
         return await self.client().messages.create(**params, stream=True)  # type: ignore[no-any-return]
 
     async def count_tokens(self, params: dict[str, Any]) -> int:

@@ -14,6 +14,8 @@ from ..app import create_app
 from ..logs import setup_logging
 from ..settings import Settings
 
+MIN_TOKEN_CHARS = 16
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("serve", help="start the gateway")
@@ -42,15 +44,19 @@ def run(args: argparse.Namespace) -> int:
     if args.log_format:
         overrides["log_format"] = args.log_format
     settings = settings.with_overrides(**overrides)
-    setup_logging(settings.log_format, settings.log_level)
     if not is_loopback(settings.host) and settings.token is None:
+        # Anyone who can reach the port could spend the API key and read every conversation.
         print(
             f"agentspace: refusing to bind {settings.host} without a gateway token; "
             "set AGENTSPACE_TOKEN (or run `agentspace token create`)",
             file=sys.stderr,
         )
         return 2
+    setup_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("gateway")
+    if settings.token is not None and len(settings.token) < MIN_TOKEN_CHARS:
+        log.warning("the gateway token is shorter than %d characters; `agentspace token create` makes a strong one",
+                    MIN_TOKEN_CHARS)
     log.info("gateway on ws://%s:%d/gateway, database %s", settings.host, settings.port, _safe_url(settings.db_url))
     web.run_app(
         create_app(settings),

@@ -9,8 +9,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 
-from ..errors import InvalidMessage, SessionNotFound
+from ..errors import DuplicateRequest, InvalidMessage, SessionNotFound
 from ..models import ChatSession, Message, TokenCalibration, UsageRecord, utcnow
 from .base import Database
 
@@ -94,6 +95,17 @@ class ChatStore:
         idempotency_key: str | None,
     ) -> TurnRows:
         """One transaction: the session (if new), the user turn, and an empty `streaming` reply to fill in."""
+        try:
+            return await self._begin_turn(session_id, agent_id, model, content, idempotency_key)
+        except IntegrityError as exc:
+            # The unique index on idempotency_key settles two sends with one key racing past the duplicate check.
+            if idempotency_key is not None and await self.find_by_idempotency_key(idempotency_key) is not None:
+                raise DuplicateRequest(f"a send with idempotencyKey {idempotency_key!r} already exists") from exc
+            raise
+
+    async def _begin_turn(
+        self, session_id: str | None, agent_id: str, model: str, content: str, idempotency_key: str | None
+    ) -> TurnRows:
         now = utcnow()
         async with self._db.write() as db:
             created = session_id is None
