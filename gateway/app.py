@@ -11,9 +11,19 @@ from aiohttp import WSCloseCode, web
 
 from .connection import Connection
 from .db import create_engine, make_sessionmaker, upgrade_to_head
-from .handlers import CONNECTIONS, SERVICES, SOCKETS, gateway_ws, healthz
+from .handlers import (
+    CONNECTIONS,
+    METRICS,
+    SERVICES,
+    SOCKETS,
+    active_streams,
+    gateway_ws,
+    healthz,
+    metrics,
+)
 from .keys import KeyProvider, Vault
 from .locks import LocalSessionLocks, SessionLocks
+from .metrics import Metrics
 from .prices import PriceBook
 from .services import Services
 from .settings import Settings
@@ -44,6 +54,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     locks: SessionLocks | None = None
     try:
         await upgrade_to_head(engine)
+        app[METRICS].watch_engine(engine)
         database = Database(engine, make_sessionmaker(engine))
         store = Store(database)
         locks = await _make_locks(settings, database)
@@ -62,6 +73,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             workspaces=WorkspaceLoader(settings.agents_dir),
             tokens=tokens,
             locks=locks,
+            metrics=app[METRICS],
         )
         # Loading the encoding takes a moment; do it off the loop, before the first inspect pays for it.
         await asyncio.to_thread(tokens.warm)
@@ -90,8 +102,11 @@ def create_app(settings: Settings) -> web.Application:
     connections: weakref.WeakSet[Connection] = weakref.WeakSet()
     app[SOCKETS] = sockets
     app[CONNECTIONS] = connections
+    app[METRICS] = Metrics()
+    app[METRICS].watch(lambda: len(sockets), lambda: active_streams(connections))
     app.cleanup_ctx.append(services_ctx)
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/gateway", gateway_ws)
+    app.router.add_get("/metrics", metrics)
     return app

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Iterable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import errors
 from .connection import Connection, token_ok
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
 from .protocol import error_frame
 from .services import Services
 
@@ -18,6 +21,7 @@ log = logging.getLogger(__name__)
 SERVICES = web.AppKey("services", Services)
 SOCKETS = web.AppKey[weakref.WeakSet[web.WebSocketResponse]]("sockets")
 CONNECTIONS = web.AppKey[weakref.WeakSet[Connection]]("connections")
+METRICS = web.AppKey("metrics", Metrics)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -63,17 +67,29 @@ def frame_too_large(data: str | bytes, limit: int) -> errors.MessageTooLarge | N
     return errors.MessageTooLarge(f"frame is {size} bytes; the limit is {limit}")
 
 
+def active_streams(connections: Iterable[Connection]) -> int:
+    return sum(1 for c in connections if c.turn_task and not c.turn_task.done())
+
+
 async def healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
+    connections = request.app[CONNECTIONS]
     return web.json_response(
         {
             "status": "ok",
             "database": services.store.database.dialect,
-            "activeStreams": sum(1 for c in request.app[CONNECTIONS] if c.turn_task and not c.turn_task.done()),
+            "activeStreams": active_streams(connections),
             "connections": len(request.app[SOCKETS]),
             "apiKeyConfigured": services.upstream.has_key(),
         }
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. Behind the gateway token when one is set (send it as a bearer token)."""
+    if not token_ok(request.app[SERVICES].settings.token, _bearer(request)):
+        raise web.HTTPUnauthorized(text="gateway token required", headers={"WWW-Authenticate": "Bearer"})
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def gateway_ws(request: web.Request) -> web.StreamResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .locks import SessionLocks
+from .metrics import Metrics
 from .prices import PriceBook
 from .settings import Settings
 from .store import Store
@@ -22,4 +23,5 @@ class Services:
     workspaces: WorkspaceLoader
     tokens: TokenCounter
     locks: SessionLocks
+    metrics: Metrics = field(default_factory=Metrics)
     active_turns: set[object] = field(default_factory=set)

@@ -44,6 +44,7 @@ class Turn:
         self.session_id: str | None = request.get("sessionId")
         self.cancel_reason: str | None = None  # "cancelled" | "client_gone" | "shutdown", set before task.cancel()
         self._lease: SessionLease | None = None
+        self.obs = services.metrics.turn(request.id, request.get("content"))
 
     @property
     def rid(self) -> RequestId:
@@ -53,12 +54,15 @@ class Turn:
         try:
             await self._run()
         except errors.GatewayError as exc:
+            self.obs.rejected(exc.code)
             await self.send(_error(exc, self.rid, sessionId=self.session_id))
         except asyncio.CancelledError:
+            self.obs.rejected(errors.Cancelled.code)
             # Cancelled before anything was persisted: nothing to save, but the client still gets its terminal frame.
             await self.send(_error(errors.Cancelled("the request was cancelled"), self.rid, sessionId=self.session_id))
         except Exception as exc:
             log.exception("turn failed unexpectedly")
+            self.obs.rejected(errors.InternalError.code)
             await self.send(_error(errors.InternalError(f"internal error: {type(exc).__name__}"), self.rid))
         finally:
             if self._lease is not None:
@@ -174,8 +178,11 @@ class Turn:
                     try:
                         # `async with` closes the upstream response the moment we stop reading, cancel included,
                         # so Anthropic stops generating (and billing) at once.
+                        self.obs.upstream_request()
                         async with await s.upstream.stream(assembled.params) as stream:
+                            self.obs.upstream_headers()
                             async for event in stream:
+                                received = time.perf_counter()
                                 out = reply.feed(event)
                                 if out is None:
                                     continue
@@ -186,6 +193,7 @@ class Turn:
                                 prefix = delta_prefix if kind == "text" else thinking_prefix
                                 # Awaited: a slow reader slows its own stream (and its upstream read), nothing else.
                                 await self.send_raw(prefix + json.dumps(chunk, ensure_ascii=False) + "}")
+                                self.obs.relayed(received)
                                 checkpointer.touch()
                         if not reply.finished:
                             raise errors.UpstreamError("the upstream stream ended before message_stop")
@@ -268,6 +276,18 @@ class Turn:
                 usage=record,
                 calibration=calibration,
             )
+        )
+        self.obs.finished(
+            session_id=rows.session.id,
+            message_id=rows.assistant_message.id,
+            agent_id=rows.session.agent_id,
+            model=assembled.model,
+            status=status,
+            stop_reason=stop_reason,
+            usage=reply.usage if reply.message_id is not None else None,
+            cost_nano=priced.cost.total if priced is not None and priced.cost is not None else None,
+            duration_ms=duration_ms,
+            error_code=failure.code if failure else None,
         )
         if failure is not None:
             await self.send(

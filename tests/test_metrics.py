@@ -1,0 +1,147 @@
+"""`GET /metrics` in Prometheus text format, and the one structured log line per turn."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+
+import pytest
+from aiohttp import ClientWebSocketResponse
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.logs import JsonFormatter
+from gateway.settings import Settings
+from tests.conftest import Gateway, chat, collect, recv, send
+from tests.fake_anthropic import FakeAnthropic, Reply
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(gateway: Gateway, **headers: str) -> Samples:
+    resp = await gateway.client.get("/metrics", headers=headers)
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(await resp.text()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_count_turns_tokens_cost_and_latencies(
+    gateway: Gateway, ws: ClientWebSocketResponse, fake: FakeAnthropic
+) -> None:
+    fake.queue(Reply(text="one two three", input_tokens=1000, output_tokens=50), Reply(hold_after_deltas=1))
+    end = (await chat(ws, "hello"))[-1]
+    await send(ws, {"type": "chat.send", "id": "held", "content": "long"})
+    session_id = (await recv(ws))["sessionId"]
+    await fake.wait_held()
+    during = await scrape(gateway)
+    assert value(during, "agentspace_active_streams") == 1
+    assert value(during, "agentspace_connections") == 1
+    await send(ws, {"type": "chat.cancel", "id": "c", "sessionId": session_id})
+    await collect(ws, until=("chat.cancelled",))
+    assert (await chat(ws, "hi", sessionId="nope"))[-1]["code"] == "SESSION_NOT_FOUND"
+
+    after = await scrape(gateway)
+    assert value(after, "agentspace_active_streams") == 0
+    assert value(after, "agentspace_turns_total", status="complete", code="") == 1
+    assert value(after, "agentspace_turns_total", status="cancelled", code="") == 1
+    assert value(after, "agentspace_turns_total", status="rejected", code="SESSION_NOT_FOUND") == 1
+    model = "claude-sonnet-5-5"
+    assert value(after, "agentspace_tokens_total", model=model, kind="output") >= 50
+    assert value(after, "agentspace_tokens_total", model=model, kind="input") >= 1000
+    # Cost in the metrics is the same money the client was told about (plus the cancelled turn's share).
+    assert value(after, "agentspace_cost_usd_total", model=model) >= end["cost"]["totalCost"] > 0
+    assert value(after, "agentspace_upstream_latency_seconds_count") == 2
+    assert value(after, "agentspace_time_to_first_token_seconds_count") == 2
+    assert value(after, "agentspace_gateway_overhead_seconds_count", phase="request") == 2
+    assert value(after, "agentspace_gateway_overhead_seconds_count", phase="delta") >= 4
+    assert value(after, "agentspace_db_statement_seconds_count", operation="insert") >= 2
+    assert value(after, "agentspace_db_statement_seconds_count", operation="select") >= 2
+
+
+async def test_metrics_need_the_gateway_token_when_one_is_set(
+    gateway_factory: Callable[[Settings], Awaitable[Gateway]], settings: Settings
+) -> None:
+    gateway = await gateway_factory(replace(settings, token="sekrit"))
+    assert (await gateway.client.get("/metrics")).status == 401
+    assert (await gateway.client.get("/metrics", headers={"Authorization": "Bearer wrong"})).status == 401
+    samples = await scrape(gateway, Authorization="Bearer sekrit")
+    assert value(samples, "agentspace_connections") == 0
+
+
+async def test_two_gateways_in_one_process_keep_separate_metrics(
+    gateway_factory: Callable[[Settings], Awaitable[Gateway]], settings: Settings
+) -> None:
+    first = await gateway_factory(settings)
+    second = await gateway_factory(settings)
+    ws = await first.ws()
+    await chat(ws, "only on the first")
+    assert value(await scrape(first), "agentspace_turns_total", status="complete", code="") == 1
+    assert value(await scrape(second), "agentspace_turns_total", status="complete", code="") == 0
+    await ws.close()
+
+
+@pytest.fixture
+def json_log() -> Iterator[Callable[[str], list[dict[str, object]]]]:
+    """Everything every logger writes, as the JSON lines `--log-format json` would print."""
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+
+    def lines(level: str) -> list[dict[str, object]]:
+        root.setLevel(level)
+        handler.flush()
+        return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+    root.setLevel(logging.INFO)
+    yield lines
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+async def test_one_json_line_per_turn_without_content_or_secrets(
+    gateway_factory: Callable[[Settings], Awaitable[Gateway]],
+    settings: Settings,
+    fake: FakeAnthropic,
+    json_log: Callable[[str], list[dict[str, object]]],
+) -> None:
+    gateway = await gateway_factory(replace(settings, token="gateway-sekrit"))
+    ws = await gateway.ws(headers={"Authorization": "Bearer gateway-sekrit"})
+    fake.queue(Reply(text="the private answer", input_tokens=40, output_tokens=7))
+    end = (await chat(ws, "my private question", id="q1"))[-1]
+    await ws.close()
+    lines = json_log("INFO")
+    turns = [line for line in lines if line.get("event") == "turn"]
+    assert len(turns) == 1
+    turn = turns[0]
+    assert turn["requestId"] == "q1"
+    assert turn["sessionId"] == end["sessionId"] and turn["messageId"] == end["messageId"]
+    assert turn["model"] == "claude-sonnet-5-5" and turn["status"] == "complete" and turn["agentId"] == "default"
+    assert turn["inputTokens"] == 40 and turn["outputTokens"] == 7
+    assert turn["costNanoUsd"] == round(end["cost"]["totalCost"] * 1e9)
+    assert isinstance(turn["durationMs"], int)
+    assert turn["level"] == "INFO" and turn["logger"] == "gateway.turns"
+    everything = json.dumps(lines)
+    for secret in ("my private question", "the private answer", "gateway-sekrit", "test-key"):
+        assert secret not in everything
+
+
+async def test_debug_logging_adds_the_content(
+    ws: ClientWebSocketResponse, json_log: Callable[[str], list[dict[str, object]]]
+) -> None:
+    logging.getLogger().setLevel(logging.DEBUG)
+    await chat(ws, "show me in debug")
+    turns = [line for line in json_log("DEBUG") if line.get("event") == "turn"]
+    assert turns[0]["content"] == "show me in debug"
