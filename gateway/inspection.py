@@ -63,11 +63,15 @@ def inspection_body(
     ratio: float | None,
 ) -> dict[str, Any]:
     """Everything of the `context.inspection` frame that describes the request itself."""
-    rate = prices.input_rate(assembled.model, at)
+    measured = measure(assembled, counter)
+    estimate = sum(m.token_estimate for m in measured) + REQUEST_OVERHEAD_TOKENS
+    best = calibrated(estimate, ratio)
+    # The tier is chosen by the size of the whole prompt, as the bill will be; the best estimate picks it.
+    rate = prices.input_rate(assembled.model, at, best)
     sections: list[dict[str, Any]] = []
     total_bytes = total_tokens = 0
     total_cost: int | None = 0 if rate is not None else None
-    for m in measure(assembled, counter):
+    for m in measured:
         cost = None if rate is None else m.token_estimate * rate
         entry: dict[str, Any] = {
             "name": m.section.name,
@@ -86,8 +90,6 @@ def inspection_body(
         if total_cost is not None and cost is not None:
             total_cost += cost
     window = prices.context_window(assembled.model)
-    estimate = total_tokens + REQUEST_OVERHEAD_TOKENS
-    best = calibrated(estimate, ratio)
     return {
         "model": assembled.model,
         "sections": sections,

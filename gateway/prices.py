@@ -106,8 +106,9 @@ class PriceBook:
         rates, tier = found
         return Priced(model, usage, rates, compute_cost(usage, rates), entry.source, tier)
 
-    def input_rate(self, model: str, at: datetime) -> int | None:
-        found = self.rates(model, at)
+    def input_rate(self, model: str, at: datetime, prompt_tokens: int = 0) -> int | None:
+        """Nano-USD per input token for a prompt of this size (a tier above a threshold prices every token)."""
+        found = self.rates(model, at, prompt_tokens)
         return found[0].input if found else None
 
     def context_window(self, model: str) -> int | None:

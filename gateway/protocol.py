@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -19,6 +20,11 @@ RequestId = str | int | None
 
 MAX_ID_CHARS: Final = 256
 GROUP_BY: Final = ("model", "day", "session", "agent")
+# Agent ids become folder names under $AGENTSPACE_HOME/agents, so they are checked here, once, for every frame.
+AGENT_ID_PATTERN: Final = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+AGENT_ID_RULE: Final = (
+    "must be 1-64 letters, digits, '_', '.' or '-', start with a letter or digit, and not contain '..'"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +37,8 @@ class Field:
     max_value: int | None = None
     choices: tuple[str, ...] | None = None
     non_empty: bool = False
+    pattern: re.Pattern[str] | None = None
+    rule: str = ""  # what `pattern` means, for the error message
 
 
 def _text(name: str, required: bool = False, max_len: int = 256) -> Field:
@@ -38,7 +46,7 @@ def _text(name: str, required: bool = False, max_len: int = 256) -> Field:
 
 
 _SESSION_ID = _text("sessionId")
-_AGENT_ID = _text("agentId", max_len=64)
+_AGENT_ID = Field("agentId", str, pattern=AGENT_ID_PATTERN, rule=AGENT_ID_RULE)
 _MODEL = _text("model", max_len=128)
 
 # type -> fields. `content` length is bounded by settings (checked in `parse_frame`), not here.
@@ -110,6 +118,9 @@ def _check(request_type: str, spec: Field, value: Any) -> None:
             raise InvalidMessage(f"{where} is longer than {spec.max_len} characters", field=spec.wire)
         if spec.choices is not None and value not in spec.choices:
             raise InvalidMessage(f"{where} must be one of {', '.join(spec.choices)}", field=spec.wire)
+        # fullmatch, not `$`: `$` also matches before a trailing newline.
+        if spec.pattern is not None and not spec.pattern.fullmatch(value):
+            raise InvalidMessage(f"{where} {spec.rule}", field=spec.wire)
     if isinstance(value, int) and not isinstance(value, bool):
         if spec.min_value is not None and value < spec.min_value:
             raise InvalidMessage(f"{where} must be at least {spec.min_value}", field=spec.wire)

@@ -138,7 +138,10 @@ async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
     model: str = req.get("model") or workspace.model or s.settings.default_model
     max_tokens = workspace.max_tokens or s.settings.default_max_tokens
     history = await s.store.chats.load_history(session.id)
-    assembled = assemble(workspace, history, pending=req.get("content"), model=model, max_tokens=max_tokens)
+    draft: str | None = req.get("content")
+    # A blank draft is no draft: chat.send would refuse it, and the API rejects empty text blocks.
+    pending = draft if draft is not None and draft.strip() else None
+    assembled = assemble(workspace, history, pending=pending, model=model, max_tokens=max_tokens)
     ratio = calibration_ratio(await s.store.chats.calibration(model))
     frame: dict[str, Any] = {
         "type": "context.inspection",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from gateway.errors import AgentNotFound, InvalidMessage
+from gateway.protocol import AGENT_ID_PATTERN, AGENT_ID_RULE
 from gateway.settings import DEFAULT_AGENT, DEFAULT_SYSTEM_PROMPT
 
 MAX_SYSTEM_BYTES = 64 * 1024
@@ -33,7 +34,6 @@ MAX_AGENT_TOML_BYTES = 64 * 1024
 CACHE_MODES = ("off", "5m", "1h")
 DEFAULT_CACHE_MODE = "5m"
 
-_AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Anthropic rejects the whole request over one bad tool, so bad tools are dropped here instead.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _AGENT_TOML_KEYS = frozenset({"model", "cache", "max_tokens"})
@@ -69,11 +69,10 @@ class Workspace:
 
 def validate_agent_id(agent_id: str) -> str:
     """Return the id unchanged, or raise InvalidMessage: ids come from clients and become folder names."""
-    # fullmatch, not `$`: `$` also matches before a trailing newline.
-    if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id) or ".." in agent_id:
+    # The protocol checks ids arriving in frames already; this guards every other caller (CLI, tests, tools).
+    if not isinstance(agent_id, str) or not AGENT_ID_PATTERN.fullmatch(agent_id):
         raise InvalidMessage(
-            "agentId must be 1-64 letters, digits, '_', '.' or '-', start with a letter or digit, and not contain '..'",
-            agentId=agent_id if isinstance(agent_id, str) else None,
+            f"agentId {AGENT_ID_RULE}", field="agentId", agentId=agent_id if isinstance(agent_id, str) else None
         )
     return agent_id
 
@@ -292,7 +291,7 @@ class WorkspaceLoader:
         try:
             with os.scandir(self.agents_dir) as entries:
                 for entry in entries:
-                    if _AGENT_ID.fullmatch(entry.name) and ".." not in entry.name and entry.is_dir():
+                    if AGENT_ID_PATTERN.fullmatch(entry.name) and entry.is_dir():
                         names.add(entry.name)
         except OSError:
             pass  # no agents folder yet: only the built-in default exists
