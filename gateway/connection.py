@@ -159,15 +159,24 @@ class Connection:
             return
         turn.cancel_reason = reason
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # asyncio.wait, not gather: if our caller is cancelled too, the turn must still finish saving, not be
+        # cancelled a second time in the middle of it.
+        await asyncio.wait({task})
 
     async def close(self) -> None:
         """The socket is gone: cancel the stream (or let it finish, if so configured), then forget it."""
         self.gone = True
         task = self.turn_task
-        if task is not None and not task.done():
-            if self.s.settings.on_disconnect == "finish":
-                await asyncio.gather(task, return_exceptions=True)
+        try:
+            if task is not None and not task.done():
+                if self.s.settings.on_disconnect == "finish":
+                    await asyncio.wait({task})
+                else:
+                    await self.stop_turn("client_gone")
+        finally:
+            # The handler itself may be cancelled when its socket drops (aiohttp's handler_cancellation); the turn
+            # then runs on by itself and is forgotten when it ends.
+            if task is not None and not task.done():
+                task.add_done_callback(lambda _: self.s.active_turns.discard(self))
             else:
-                await self.stop_turn("client_gone")
-        self.s.active_turns.discard(self)
+                self.s.active_turns.discard(self)

@@ -1,0 +1,142 @@
+"""Stopping a stream: chat.cancel, and the client going away mid-stream (cancel or finish)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientWebSocketResponse
+
+from gateway.connection import Connection
+from gateway.handlers import CONNECTIONS
+from gateway.settings import Settings
+from tests.conftest import Gateway, chat, collect, deltas, recv, request, send
+from tests.fake_anthropic import FakeAnthropic, Reply
+
+Factory = Callable[[Settings], Awaitable[Gateway]]
+TEXT = "one two three four five six seven eight"
+
+
+async def _start_held(ws: ClientWebSocketResponse, fake: FakeAnthropic, after: int = 3) -> list[dict[str, Any]]:
+    """Send a chat whose upstream holds after `after` text deltas; return the frames received up to the hold."""
+    fake.queue(Reply(text=TEXT, hold_after_deltas=after))
+    await send(ws, {"type": "chat.send", "id": "s1", "content": "talk to me"})
+    await fake.wait_held()
+    frames: list[dict[str, Any]] = []
+    while len([f for f in frames if f["type"] == "chat.stream.delta"]) < after:
+        frames.append(await recv(ws))
+    return frames
+
+
+def _db(tmp_path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(tmp_path / "gateway.db")
+
+
+async def test_cancel_stops_upstream_and_keeps_the_partial_reply(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    frames = await _start_held(ws, fake)
+    session_id = frames[0]["sessionId"]
+    await send(ws, {"type": "chat.cancel", "id": "c1", "sessionId": session_id})
+    end = await recv(ws)
+    assert end["type"] == "chat.stream.end" and end["id"] == "s1"
+    assert end["stopReason"] == "cancelled" and end["status"] == "cancelled"
+    assert end["usage"]["inputTokens"] > 0  # the usage so far is reported...
+    assert await recv(ws) == {"type": "chat.cancelled", "id": "c1", "sessionId": session_id}
+    # ...and the upstream request was closed by us, not finished.
+    assert await fake.wait_stream_closed() is True
+    history = await request(ws, {"type": "session.history", "sessionId": session_id})
+    reply = history["messages"][1]
+    assert reply["status"] == "cancelled" and reply["stopReason"] == "cancelled"
+    assert reply["text"] == "one two three " == deltas(frames)
+    row = _db(tmp_path).execute("select status, input_tokens from usage_records").fetchone()
+    assert row[0] == "cancelled" and row[1] > 0
+    # Exactly one terminal frame: the next answer is for the next request.
+    assert (await request(ws, {"type": "ping", "id": "p"}))["type"] == "pong"
+    # The session is free again.
+    assert (await chat(ws, "again", sessionId=session_id))[-1]["type"] == "chat.stream.end"
+
+
+async def test_cancel_with_send_id_must_match(ws: ClientWebSocketResponse, fake: FakeAnthropic) -> None:
+    frames = await _start_held(ws, fake)
+    session_id = frames[0]["sessionId"]
+    wrong = await request(ws, {"type": "chat.cancel", "id": "c0", "sessionId": session_id, "sendId": "other"})
+    assert wrong["code"] == "NOTHING_TO_CANCEL" and wrong["retryable"] is False
+    await send(ws, {"type": "chat.cancel", "id": "c1", "sessionId": session_id, "sendId": "s1"})
+    assert (await recv(ws))["stopReason"] == "cancelled"
+    assert (await recv(ws))["type"] == "chat.cancelled"
+
+
+async def test_cancel_with_nothing_running_is_a_clean_error(ws: ClientWebSocketResponse) -> None:
+    answer = await request(ws, {"type": "chat.cancel", "id": "c", "sessionId": "no-such-session"})
+    assert answer == {
+        "type": "error",
+        "id": "c",
+        "code": "NOTHING_TO_CANCEL",
+        "message": answer["message"],
+        "retryable": False,
+        "sessionId": "no-such-session",
+    }
+    session_id = (await chat(ws, "done already"))[0]["sessionId"]
+    assert (await request(ws, {"type": "chat.cancel", "sessionId": session_id}))["code"] == "NOTHING_TO_CANCEL"
+
+
+def _connection_of(gateway: Gateway) -> Connection:
+    (connection,) = [c for c in gateway.app[CONNECTIONS] if not c.gone]
+    return connection
+
+
+async def test_client_gone_cancels_upstream_saves_partial_and_frees_the_session(
+    gateway: Gateway, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    ws = await gateway.ws()
+    frames = await _start_held(ws, fake)
+    session_id = frames[0]["sessionId"]
+    turn = _connection_of(gateway).turn_task
+    assert turn is not None
+    await ws.close()
+    assert await fake.wait_stream_closed() is True
+    await asyncio.wait_for(asyncio.shield(turn), 5)  # the turn is over: reply saved, session lease released
+    db = _db(tmp_path)
+    assert db.execute("select status, stop_reason, text from messages where role = 'assistant'").fetchone() == (
+        "disconnected",
+        "disconnected",
+        "one two three ",
+    )
+    assert db.execute("select status from usage_records").fetchone() == ("disconnected",)
+    other = await gateway.ws()
+    assert (await chat(other, "still there?", sessionId=session_id))[-1]["type"] == "chat.stream.end"
+    await other.close()
+
+
+async def test_client_gone_with_finish_lets_the_reply_complete(
+    gateway_factory: Factory, settings: Settings, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    gateway = await gateway_factory(settings.with_overrides(on_disconnect="finish"))
+    ws = await gateway.ws()
+    await _start_held(ws, fake)
+    turn = _connection_of(gateway).turn_task
+    assert turn is not None
+    await ws.close()
+    fake.release()
+    assert await fake.wait_stream_closed() is False  # upstream ran to its end
+    await asyncio.wait_for(asyncio.shield(turn), 5)
+    row = _db(tmp_path).execute("select status, text from messages where role = 'assistant'").fetchone()
+    assert row == ("complete", TEXT)
+    assert _db(tmp_path).execute("select status from usage_records").fetchone() == ("complete",)
+
+
+async def test_cancel_before_the_first_token(ws: ClientWebSocketResponse, fake: FakeAnthropic) -> None:
+    fake.queue(Reply(text=TEXT, hold_after_deltas=0))
+    await send(ws, {"type": "chat.send", "id": "s1", "content": "hi"})
+    created = await recv(ws)
+    await fake.wait_held()
+    await send(ws, {"type": "chat.cancel", "id": "c", "sessionId": created["sessionId"]})
+    frames = await collect(ws)
+    assert frames[-1]["type"] == "chat.stream.end" and frames[-1]["status"] == "cancelled"
+    assert deltas(frames) == ""
+    assert (await recv(ws))["type"] == "chat.cancelled"
+    assert await fake.wait_stream_closed() is True
