@@ -1,0 +1,254 @@
+"""An async Python client for the gateway's WebSocket protocol (docs/PROTOCOL.md), over aiohttp.
+
+    async with GatewayClient.connect("ws://127.0.0.1:3271/gateway", token=None) as gw:
+        reply = gw.chat("What is WAL mode?")
+        async for delta in reply:
+            if not delta.is_thinking:
+                print(delta.text, end="", flush=True)
+        print(reply.end.usage.output_tokens, reply.end.cost.total)
+        await gw.history(reply.session_id)
+
+One background task reads every frame and hands it to whoever waits for its `id`, so a `cancel()` (or any query) can
+be sent and answered while a reply streams. Errors arrive as typed exceptions (gateway.client_errors) carrying `code`.
+This module talks only the protocol: it imports nothing of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from .client_errors import (
+    AuthError,
+    CancelledError,
+    ConflictError,
+    ConnectionClosedError,
+    GatewayClientError,
+    InvalidRequestError,
+    LimitError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    UpstreamError,
+    error_from_frame,
+)
+from .client_stream import ChatStream
+from .client_types import TERMINAL, ChatEnd, Cost, Delta, Frame, Usage, normalize_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "ws://127.0.0.1:3271/gateway"
+_POLICY_VIOLATION = 1008
+
+__all__ = [
+    "DEFAULT_URL",
+    "AuthError",
+    "CancelledError",
+    "ChatEnd",
+    "ChatStream",
+    "ConflictError",
+    "ConnectionClosedError",
+    "Cost",
+    "Delta",
+    "GatewayClient",
+    "GatewayClientError",
+    "InvalidRequestError",
+    "LimitError",
+    "NotFoundError",
+    "RateLimitError",
+    "ServerError",
+    "UpstreamError",
+    "Usage",
+    "normalize_url",
+]
+
+
+class GatewayClient:
+    """A connection to the gateway. Use `GatewayClient.connect(...)` as an async context manager."""
+
+    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, request_timeout: float):
+        self._http = http
+        self._ws = ws
+        self.request_timeout = request_timeout
+        self._ids = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[Frame] | ChatStream] = {}
+        self._write_lock = asyncio.Lock()
+        self._closed: GatewayClientError | None = None
+        self.active: ChatStream | None = None  # the reply streaming now, if any
+        self._reader = asyncio.create_task(self._read(), name="gateway-client-reader")
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, url: str = DEFAULT_URL, token: str | None = None, *, request_timeout: float = 60.0,
+                      connect_timeout: float = 10.0) -> AsyncIterator[GatewayClient]:
+        """Open the WebSocket (the token goes as an `Authorization: Bearer` header) and close it on exit."""
+        client = await cls.open(url, token, request_timeout=request_timeout, connect_timeout=connect_timeout)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+    @classmethod
+    async def open(cls, url: str = DEFAULT_URL, token: str | None = None, *, request_timeout: float = 60.0,
+                   connect_timeout: float = 10.0) -> GatewayClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout))
+        try:
+            ws = await http.ws_connect(normalize_url(url), headers=headers, max_msg_size=0, autoping=True)
+        except aiohttp.WSServerHandshakeError as exc:
+            await http.close()
+            if exc.status in (401, 403):
+                raise AuthError(f"the gateway refused the connection ({exc.status} {exc.message})",
+                                code="UNAUTHORIZED") from exc
+            raise ConnectionClosedError(f"WebSocket upgrade failed: {exc.status} {exc.message}",
+                                        code="CONNECTION_FAILED") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await http.close()
+            raise ConnectionClosedError(f"cannot reach the gateway at {url}: {exc or type(exc).__name__}",
+                                        code="CONNECTION_FAILED") from exc
+        return cls(http, ws, request_timeout)
+
+    async def close(self) -> None:
+        if not self._ws.closed:
+            await self._ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._http.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def _next_id(self) -> str:
+        return f"py-{next(self._ids)}"
+
+    async def _write(self, frame: Frame) -> None:
+        if self._closed is not None:
+            raise self._closed
+        try:
+            async with self._write_lock:
+                await self._ws.send_str(json.dumps(frame, ensure_ascii=False))
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConnectionClosedError(f"the connection is closed: {exc}") from exc
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self._ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    frame = json.loads(msg.data)
+                except ValueError:
+                    log.warning("gateway sent a frame that is not JSON")
+                    continue
+                self._dispatch(frame)
+        finally:
+            code = self._ws.close_code
+            if code == _POLICY_VIOLATION:
+                reason: GatewayClientError = AuthError("the gateway closed the connection: authentication required "
+                                                      "(pass token=...)", code="UNAUTHORIZED")
+            else:
+                reason = ConnectionClosedError(f"the gateway closed the connection (code {code})")
+            self._closed = reason
+            for waiter in self._waiting.values():
+                if isinstance(waiter, ChatStream):
+                    waiter._feed(reason)
+                elif not waiter.done():
+                    waiter.set_exception(reason)
+            self._waiting.clear()
+
+    def _dispatch(self, frame: Frame) -> None:
+        rid = frame.get("id")
+        waiter = self._waiting.get(rid) if isinstance(rid, str) else None
+        if waiter is None or not isinstance(rid, str):
+            log.debug("frame nobody waits for: %s %s", frame.get("type"), frame.get("code", ""))
+            return
+        terminal = frame.get("type") in TERMINAL
+        if isinstance(waiter, ChatStream):
+            waiter._feed(frame)
+            if terminal:
+                del self._waiting[rid]
+                if self.active is waiter:
+                    self.active = None
+        else:
+            del self._waiting[rid]
+            if not waiter.done():
+                waiter.set_result(frame)
+
+    async def _send_stream(self, stream: ChatStream) -> None:
+        self._waiting[stream.request_id] = stream
+        self.active = stream
+        try:
+            await self._write(stream._frame)
+        except GatewayClientError as exc:
+            self._waiting.pop(stream.request_id, None)
+            stream._feed(exc)
+
+    async def request(self, frame: Frame) -> Frame:
+        """Send any frame and wait for the one answer with its `id`; an `error` answer is raised."""
+        rid = self._next_id()
+        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = future
+        try:
+            await self._write({**frame, "id": rid})
+            async with asyncio.timeout(self.request_timeout):
+                answer = await future
+        except TimeoutError:
+            raise ConnectionClosedError(f"no answer to {frame.get('type')} in time", code="TIMEOUT") from None
+        finally:
+            self._waiting.pop(rid, None)
+        if answer.get("type") == "error":
+            raise error_from_frame(answer)
+        return answer
+
+    def chat(self, content: str, session_id: str | None = None, agent_id: str | None = None, model: str | None = None,
+             max_tokens: int | None = None, idempotency_key: str | None = None) -> ChatStream:
+        frame = _fields(type="chat.send", id=self._next_id(), content=content, sessionId=session_id,
+                        agentId=agent_id, model=model, maxTokens=max_tokens, idempotencyKey=idempotency_key)
+        return ChatStream(self, frame)
+
+    async def cancel(self, session_id: str | None = None, send_id: str | None = None) -> Frame:
+        """Stop the reply streaming in `session_id` (default: this client's running reply)."""
+        if session_id is None:
+            active = self.active
+            if active is None or active.session_id is None:
+                raise ConflictError("nothing is streaming on this connection", code="NOTHING_TO_CANCEL")
+            session_id, send_id = active.session_id, send_id or active.request_id
+        return await self.request(_fields(type="chat.cancel", sessionId=session_id, sendId=send_id))
+
+    async def inspect(self, session_id: str, content: str | None = None, model: str | None = None,
+                      exact: bool = False) -> Frame:
+        return await self.request(_fields(type="context.inspect", sessionId=session_id, content=content,
+                                          model=model, exact=exact or None))
+
+    async def usage(self, session_id: str | None = None, agent_id: str | None = None, model: str | None = None,
+                    since: str | None = None, until: str | None = None, group_by: str | None = None) -> Frame:
+        return await self.request(_fields(type="usage.query", sessionId=session_id, agentId=agent_id, model=model,
+                                          since=since, until=until, groupBy=group_by))
+
+    async def sessions(self, agent_id: str | None = None, limit: int | None = None,
+                       cursor: str | None = None) -> Frame:
+        return await self.request(_fields(type="session.list", agentId=agent_id, limit=limit, cursor=cursor))
+
+    async def history(self, session_id: str, limit: int | None = None, before_seq: int | None = None) -> Frame:
+        return await self.request(_fields(type="session.history", sessionId=session_id, limit=limit,
+                                          beforeSeq=before_seq))
+
+    async def delete_session(self, session_id: str) -> Frame:
+        return await self.request({"type": "session.delete", "sessionId": session_id})
+
+    async def ping(self) -> Frame:
+        return await self.request({"type": "ping"})
+
+
+def _fields(**values: Any) -> Frame:
+    """A frame without its unset (None) fields."""
+    return {k: v for k, v in values.items() if v is not None}

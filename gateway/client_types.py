@@ -1,0 +1,82 @@
+"""The values `gateway.client` hands out: streamed deltas and a reply's end frame (usage and cost)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+Frame = dict[str, Any]
+TERMINAL = ("chat.stream.end", "chat.state", "error")  # the frames that end a chat.send's answer
+
+
+def normalize_url(url: str) -> str:
+    """Accept `ws://host:port/gateway`, `http://host:port` or `host:port`; answer the WebSocket URL."""
+    if "://" not in url:
+        url = "ws://" + url
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path not in ("", "/") else "/gateway"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One streamed chunk. Thinking comes on its own deltas and is never part of the answer's text."""
+
+    kind: Literal["text", "thinking"]
+    text: str
+
+    @property
+    def is_thinking(self) -> bool:
+        return self.kind == "thinking"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """USD. Every amount is None when the model has no known price (`priced` False)."""
+
+    input: float | None = None
+    output: float | None = None
+    cache: float | None = None
+    total: float | None = None
+    saved: float | None = None
+    priced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChatEnd:
+    """The `chat.stream.end` frame of a reply."""
+
+    session_id: str
+    message_id: str
+    stop_reason: str | None
+    status: str
+    usage: Usage
+    cost: Cost
+    duration_ms: int
+    frame: Frame = field(repr=False)
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> ChatEnd:
+        u, c = frame.get("usage") or {}, frame.get("cost") or {}
+        return cls(
+            session_id=frame["sessionId"],
+            message_id=frame["messageId"],
+            stop_reason=frame.get("stopReason"),
+            status=frame.get("status", "complete"),
+            usage=Usage(u.get("inputTokens", 0), u.get("outputTokens", 0),
+                        u.get("cacheCreationInputTokens", 0), u.get("cacheReadInputTokens", 0)),
+            cost=Cost(c.get("inputCost"), c.get("outputCost"), c.get("cacheCost"), c.get("totalCost"),
+                      c.get("savedCost"), bool(c.get("priced"))),
+            duration_ms=int(frame.get("durationMs") or 0),
+            frame=frame,
+        )
