@@ -83,13 +83,25 @@ def history_messages(history: Sequence[Message], pending: str | None) -> list[di
     return turns
 
 
+# The API refuses cache_control on thinking blocks and on empty text blocks; the breakpoint goes on the last block
+# that may carry one (the prefix before it is cached all the same).
+_UNMARKABLE = ("thinking", "redacted_thinking")
+
+
+def _markable(block: dict[str, Any]) -> bool:
+    if block.get("type") in _UNMARKABLE:
+        return False
+    return not (block.get("type") == "text" and not block.get("text"))
+
+
 def _mark_prefix(turns: list[dict[str, Any]], marker: dict[str, str]) -> None:
     """Cache breakpoint on the last block before the newest user turn: the stable history prefix."""
-    if len(turns) < 2:
-        return
-    previous = turns[-2]["content"]
-    if previous:
-        previous[-1] = {**previous[-1], "cache_control": marker}
+    for turn in reversed(turns[:-1]):
+        blocks = turn["content"]
+        for i in range(len(blocks) - 1, -1, -1):
+            if _markable(blocks[i]):
+                blocks[i] = {**blocks[i], "cache_control": marker}
+                return
 
 
 def assemble(

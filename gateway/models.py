@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -131,6 +132,9 @@ class UsageRecord(Base):
     price_source: Mapped[str | None] = mapped_column(String(300))
     price_tier: Mapped[str | None] = mapped_column(String(64))
     estimated_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # Anthropic's id for the message (msg_...), to match our rows with their console; unique, so one upstream
+    # request can never be counted twice.
+    upstream_message_id: Mapped[str | None] = mapped_column(String(128))
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     first_token_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -140,7 +144,36 @@ class UsageRecord(Base):
         Index("ix_usage_records_model_created", "model", "created_at"),
         Index("ix_usage_records_session_created", "session_id", "created_at"),
         Index("ix_usage_records_agent_created", "agent_id", "created_at"),
+        Index("ix_usage_records_upstream_message_id", "upstream_message_id", unique=True),
     )
+
+
+class UsageDaily(Base):
+    """Exact integer sums of `usage_records` per UTC day, agent and model, so reports over millions of rows read a few
+    thousand. Kept by database triggers on `usage_records` (insert, update, delete) in the writer's own transaction,
+    so it is right whoever writes, the gateway or a person with sqlite3/psql. Nothing in Python writes it."""
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    request_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    unpriced_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_5m_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_1h_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Nano-USD over the priced rows only (unpriced rows have no cost; `unpriced_requests` counts them).
+    input_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    uncached_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (Index("ix_usage_daily_agent_day", "agent_id", "day"),)
 
 
 class TokenCalibration(Base):

@@ -98,6 +98,8 @@ def totals_fields(t: UsageTotals) -> dict[str, Any]:
         "inputCost": nano_to_usd(t.input_cost),
         "outputCost": nano_to_usd(t.output_cost),
         "cacheCost": nano_to_usd(t.cache_write_cost + t.cache_read_cost),
+        "cacheWriteCost": nano_to_usd(t.cache_write_cost),
+        "cacheReadCost": nano_to_usd(t.cache_read_cost),
         "totalCost": nano_to_usd(t.total_cost),
         "totalCostNanoUsd": t.total_cost,
         "savedCost": nano_to_usd(t.uncached_cost - t.total_cost),

@@ -212,7 +212,10 @@ class Turn:
                             or (wait is not None and wait > s.settings.upstream_retry_max_s)
                         ):
                             raise mapped from exc
-                        await self._record_failed_attempt(rows, reply, assembled, attempt_started, started)
+                        # Forget the failed attempt before recording it: if we are cancelled while saving it or
+                        # during the backoff, _finish must not record the same upstream request a second time.
+                        failed, reply = reply, Reply()
+                        await self._record_failed_attempt(rows, failed, assembled, attempt_started, started)
                         attempt += 1
                         await asyncio.sleep(self._backoff(attempt, wait))
         except asyncio.CancelledError:
@@ -238,7 +241,8 @@ class Turn:
         if reply.message_id is None:
             return  # the upstream reported no usage, so it billed nothing
         priced = self.s.prices.price(assembled.model, reply.usage, at)
-        record = usage_record(rows, priced, "failed", int((time.monotonic() - started) * 1000), None, None)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        record = usage_record(rows, priced, "failed", duration_ms, None, None, reply.message_id)
         await asyncio.shield(self.s.store.usage.insert(record))
 
     async def _finish(
@@ -258,7 +262,7 @@ class Turn:
         record: UsageRecord | None = None
         if reply.message_id is not None:
             priced = s.prices.price(assembled.model, reply.usage, utcnow())
-            record = usage_record(rows, priced, status, duration_ms, first_token_ms, estimate)
+            record = usage_record(rows, priced, status, duration_ms, first_token_ms, estimate, reply.message_id)
         stop_reason = reply.stop_reason if status == "complete" else status
         calibration = None
         if status == "complete" and reply.usage.prompt_tokens > 0:

@@ -29,6 +29,8 @@ def cost_fields(priced: Priced | None) -> dict[str, Any]:
             "inputCost": None,
             "outputCost": None,
             "cacheCost": None,
+            "cacheWriteCost": None,
+            "cacheReadCost": None,
             "totalCost": None,
             "savedCost": None,
             "priced": False,
@@ -37,6 +39,8 @@ def cost_fields(priced: Priced | None) -> dict[str, Any]:
         "inputCost": nano_to_usd(cost.input),
         "outputCost": nano_to_usd(cost.output),
         "cacheCost": nano_to_usd(cost.cache_write + cost.cache_read),
+        "cacheWriteCost": nano_to_usd(cost.cache_write),
+        "cacheReadCost": nano_to_usd(cost.cache_read),
         "totalCost": nano_to_usd(cost.total),
         "savedCost": nano_to_usd(cost.saved),
         "priced": True,
@@ -82,6 +86,7 @@ def usage_record(
     duration_ms: int,
     first_token_ms: int | None,
     estimated_input_tokens: int | None,
+    upstream_message_id: str | None,
 ) -> UsageRecord:
     usage, rates, cost = priced.usage, priced.rates, priced.cost
     return UsageRecord(
@@ -110,6 +115,7 @@ def usage_record(
         price_source=priced.source,
         price_tier=priced.tier,
         estimated_input_tokens=estimated_input_tokens,
+        upstream_message_id=upstream_message_id,
         duration_ms=duration_ms,
         first_token_ms=first_token_ms,
         created_at=utcnow(),

@@ -1,18 +1,23 @@
-"""Usage reports: integer sums in SQL over `usage_records`, grouped as asked; dollars are made at the edge."""
+"""Usage reports: integer sums in SQL, grouped as asked; dollars are made at the edge.
+
+Whole UTC days are read from `usage_daily` (kept equal to `usage_records` by triggers, see migration 0002) and the
+partial days at a window's edges from `usage_records` itself, so a report over millions of rows reads thousands.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, case, cast, func, select
+from sqlalchemy import Date, and_, case, cast, func, or_, select, union_all
 from sqlalchemy.sql import ColumnElement
 
-from ..models import UsageRecord
+from ..models import UsageDaily, UsageRecord
 from .base import Database
 
 U = UsageRecord
+D = UsageDaily
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,35 +107,103 @@ def _totals(row: Any) -> UsageTotals:
     return UsageTotals(**values)
 
 
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Split:
+    """A time window cut into whole UTC days (read from `usage_daily`) and the partial days at its edges (read from
+    `usage_records` by its created_at index). Together they cover the window exactly once."""
+
+    first_day: date | None  # whole days first_day <= day < end_day; None = unbounded
+    end_day: date | None
+    edges: tuple[tuple[datetime | None, datetime | None], ...]  # [start, end) ranges of raw rows
+
+    @classmethod
+    def of(cls, since: datetime | None, until: datetime | None) -> _Split | None:
+        """None when the window lies within one day: then raw rows alone answer it, cheaply."""
+        since = since.astimezone(UTC) if since is not None else None
+        until = until.astimezone(UTC) if until is not None else None
+        first = None
+        if since is not None:
+            first = since.date() if since == _midnight(since.date()) else since.date() + timedelta(days=1)
+        end = until.date() if until is not None else None
+        if first is not None and end is not None and first >= end:
+            return None
+        edges: list[tuple[datetime | None, datetime | None]] = []
+        if since is not None and first is not None and since != _midnight(first):
+            edges.append((since, _midnight(first)))
+        if until is not None and end is not None and until != _midnight(end):
+            edges.append((_midnight(end), until))
+        return cls(first, end, tuple(edges))
+
+
 class UsageStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    def _group_key(self, group_by: str) -> Any:
+    def _day(self) -> Any:
+        if self._db.dialect == "sqlite":
+            return func.date(U.created_at)
+        return cast(U.created_at, Date)
+
+    def _raw_key(self, group_by: str) -> Any:
         if group_by == "day":
-            if self._db.dialect == "sqlite":
-                return func.date(U.created_at)
-            return cast(U.created_at, Date)
+            return self._day()
         return {"model": U.model, "session": U.session_id, "agent": U.agent_id}[group_by]
 
     async def per_model(self, filters: UsageFilters) -> dict[str, UsageTotals]:
-        query = select(U.model, *_sum_columns()).where(*filters.clauses()).group_by(U.model).order_by(U.model)
-        async with self._db.read() as db:
-            rows = (await db.execute(query)).all()
-        return {row.model: _totals(row) for row in rows}
+        return dict(await self.grouped(filters, "model"))
 
     async def grouped(self, filters: UsageFilters, group_by: str) -> list[tuple[str, UsageTotals]]:
-        key = self._group_key(group_by).label("group_key")
-        query = select(key, *_sum_columns()).where(*filters.clauses()).group_by(key).order_by(key)
+        """Totals per group, ordered by group key. Exactly SQL over `usage_records`; read from the daily rollup
+        wherever whole days allow it, since a session is the only grouping the rollup does not keep."""
+        split = (
+            None if filters.session_id is not None or group_by == "session" else _Split.of(filters.since, filters.until)
+        )
+        query = self._raw_query(filters, group_by) if split is None else self._rollup_query(filters, group_by, split)
         async with self._db.read() as db:
             rows = (await db.execute(query)).all()
         return [(str(row.group_key), _totals(row)) for row in rows]
 
+    def _raw_query(self, filters: UsageFilters, group_by: str) -> Any:
+        key = self._raw_key(group_by).label("group_key")
+        return select(key, *_sum_columns()).where(*filters.clauses()).group_by(key).order_by(key)
+
+    def _rollup_query(self, filters: UsageFilters, group_by: str, split: _Split) -> Any:
+        rollup_key = {"model": D.model, "agent": D.agent_id, "day": D.day}[group_by]
+        days: list[ColumnElement[bool]] = []
+        if split.first_day is not None:
+            days.append(D.day >= split.first_day)
+        if split.end_day is not None:
+            days.append(D.day < split.end_day)
+        if filters.agent_id is not None:
+            days.append(D.agent_id == filters.agent_id)
+        if filters.model is not None:
+            days.append(D.model == filters.model)
+        parts: list[Any] = [
+            select(rollup_key.label("group_key"), *(getattr(D, name).label(name) for name in _SUM_FIELDS)).where(*days)
+        ]
+        if split.edges:
+            ranges = [
+                and_(
+                    *([U.created_at >= start] if start is not None else []),
+                    *([U.created_at < end] if end is not None else []),
+                )
+                for start, end in split.edges
+            ]
+            edge_filters = UsageFilters(agent_id=filters.agent_id, model=filters.model)
+            key = self._raw_key(group_by).label("group_key")
+            parts.append(select(key, *_sum_columns()).where(*edge_filters.clauses(), or_(*ranges)).group_by(key))
+        both = union_all(*parts).subquery()
+        sums = [func.sum(getattr(both.c, name)).label(name) for name in _SUM_FIELDS]
+        return select(both.c.group_key, *sums).group_by(both.c.group_key).order_by(both.c.group_key)
+
     async def spent_since(self, agent_id: str, since: datetime) -> int:
         """Priced spend of one agent since a moment, nano-USD (for budgets)."""
-        query = select(func.coalesce(func.sum(U.total_cost), 0)).where(U.agent_id == agent_id, U.created_at >= since)
-        async with self._db.read() as db:
-            return int(await db.scalar(query) or 0)
+        per_model = await self.per_model(UsageFilters(agent_id=agent_id, since=since))
+        return sum(t.total_cost for t in per_model.values())
 
     async def insert(self, record: UsageRecord) -> None:
         async with self._db.write() as db:
