@@ -7,9 +7,7 @@ read $0.10 per million tokens, i.e. 2000, 10000, 2500, 4000 and 100 nano-USD per
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse
@@ -18,17 +16,14 @@ from gateway.handlers import CONNECTIONS
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, recv, request, send
 from tests.fake_anthropic import FakeAnthropic, Reply
+from tests.sql import sql_rows
 
 GatewayFactory = Callable[[Settings], Awaitable[Gateway]]
 
 
-def usage_rows(tmp_path: Path) -> list[dict[str, Any]]:
-    db = sqlite3.connect(tmp_path / "gateway.db")
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("select * from usage_records order by created_at, id")]
-    finally:
-        db.close()
+async def usage_rows(db_url: str) -> list[dict[str, Any]]:
+    """The usage rows as the database holds them, read with plain SQL (on SQLite or PostgreSQL alike)."""
+    return await sql_rows(db_url, "select * from usage_records order by created_at, id")
 
 
 async def turn_finished(gateway: Gateway) -> None:
@@ -38,10 +33,11 @@ async def turn_finished(gateway: Gateway) -> None:
 
 
 async def test_every_token_type_in_end_frame_and_row(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
-    fake.queue(Reply(input_tokens=1000, output_tokens=500, cache_creation_5m=2000, cache_creation_1h=3000,
-                     cache_read=10_000))
+    fake.queue(
+        Reply(input_tokens=1000, output_tokens=500, cache_creation_5m=2000, cache_creation_1h=3000, cache_read=10_000)
+    )
     end = (await chat(ws, "every kind of token"))[-1]
     assert end["usage"] == {
         "inputTokens": 1000,
@@ -63,7 +59,7 @@ async def test_every_token_type_in_end_frame_and_row(
         "savedCost": 0.012,
         "priced": True,
     }
-    [row] = usage_rows(tmp_path)
+    [row] = await usage_rows(settings.db_url)
     assert row["session_id"] == end["sessionId"] and row["message_id"] == end["messageId"]
     assert row["status"] == "complete" and row["model"] == "claude-sonnet-5-5" and row["agent_id"] == "default"
     assert row["upstream_message_id"].startswith("msg_")
@@ -78,17 +74,19 @@ async def test_every_token_type_in_end_frame_and_row(
 
 
 async def test_tier_switch_applies_to_the_whole_request(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
     # Haiku 5.5: 100,000 prompt tokens is base price ($0.10/$0.50), 100,001 (cache tokens included) the >100K tier.
-    fake.queue(Reply(input_tokens=90_000, cache_read=10_000, output_tokens=10),
-               Reply(input_tokens=90_000, cache_read=10_001, output_tokens=10))
+    fake.queue(
+        Reply(input_tokens=90_000, cache_read=10_000, output_tokens=10),
+        Reply(input_tokens=90_000, cache_read=10_001, output_tokens=10),
+    )
     base = (await chat(ws, "at the edge", model="claude-haiku-5-5"))[-1]
     above = (await chat(ws, "one over", model="claude-haiku-5-5"))[-1]
     # 90,000x100 + 10,000x10 + 10x500 = 9,105,000 nano; above: 90,000x500 + 10,001x50 + 10x2500 = 45,525,050.
     assert base["cost"]["totalCost"] == 0.009105
     assert above["cost"]["totalCost"] == 0.04552505
-    rows = usage_rows(tmp_path)
+    rows = await usage_rows(settings.db_url)
     assert [(r["price_tier"], r["rate_input"], r["total_cost"]) for r in rows] == [
         (None, 100, 9_105_000),
         ("prompt>100000", 500, 45_525_050),
@@ -96,7 +94,7 @@ async def test_tier_switch_applies_to_the_whole_request(
 
 
 async def test_price_change_never_rewrites_history(
-    gateway_factory: GatewayFactory, settings: Settings, fake: FakeAnthropic, tmp_path: Path
+    gateway_factory: GatewayFactory, settings: Settings, fake: FakeAnthropic
 ) -> None:
     fake.queue(Reply(input_tokens=1000, output_tokens=100), Reply(input_tokens=1000, output_tokens=100))
     first = await gateway_factory(settings)
@@ -113,7 +111,7 @@ async def test_price_change_never_rewrites_history(
     second = await gateway_factory(settings)
     ws2 = await second.ws()
     await chat(ws2, "at the new price")
-    rows = usage_rows(tmp_path)
+    rows = await usage_rows(settings.db_url)
     assert [(r["rate_input"], r["rate_output"], r["total_cost"]) for r in rows] == [
         (2000, 10_000, 3_000_000),
         (4000, 20_000, 6_000_000),
@@ -125,15 +123,23 @@ async def test_price_change_never_rewrites_history(
 
 
 async def test_unknown_model_is_counted_but_never_priced(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
     fake.queue(Reply(input_tokens=1000, output_tokens=100), Reply(input_tokens=5000, output_tokens=50))
     await chat(ws, "priced")
     end = (await chat(ws, "mystery", model="claude-experimental-9"))[-1]
     assert end["usage"]["inputTokens"] == 5000
-    assert end["cost"] == {"inputCost": None, "outputCost": None, "cacheCost": None, "cacheWriteCost": None,
-                           "cacheReadCost": None, "totalCost": None, "savedCost": None, "priced": False}
-    unknown = usage_rows(tmp_path)[1]
+    assert end["cost"] == {
+        "inputCost": None,
+        "outputCost": None,
+        "cacheCost": None,
+        "cacheWriteCost": None,
+        "cacheReadCost": None,
+        "totalCost": None,
+        "savedCost": None,
+        "priced": False,
+    }
+    unknown = (await usage_rows(settings.db_url))[1]
     assert (unknown["input_tokens"], unknown["output_tokens"]) == (5000, 50)
     assert unknown["total_cost"] is None and unknown["rate_input"] is None and unknown["price_source"] is None
     report = await request(ws, {"type": "usage.query"})
@@ -146,10 +152,17 @@ async def test_unknown_model_is_counted_but_never_priced(
 
 
 async def test_cancelled_stream_records_usage_so_far(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
-    fake.queue(Reply(text="one two three four five", hold_after_deltas=2, input_tokens=800, cache_read=2000,
-                     output_tokens_before_error=7))
+    fake.queue(
+        Reply(
+            text="one two three four five",
+            hold_after_deltas=2,
+            input_tokens=800,
+            cache_read=2000,
+            output_tokens_before_error=7,
+        )
+    )
     await send(ws, {"type": "chat.send", "id": "s", "content": "long answer please"})
     session_id = (await recv(ws))["sessionId"]
     await fake.wait_held()
@@ -161,20 +174,24 @@ async def test_cancelled_stream_records_usage_so_far(
     assert end["usage"]["inputTokens"] == 800 and end["usage"]["cacheReadInputTokens"] == 2000
     assert end["usage"]["outputTokens"] == 7
     assert end["cost"]["totalCost"] == (800 * 2000 + 2000 * 100 + 7 * 10_000) / 1e9
-    [row] = usage_rows(tmp_path)
+    [row] = await usage_rows(settings.db_url)
     assert (row["status"], row["input_tokens"], row["output_tokens"], row["cache_read_tokens"]) == (
-        "cancelled", 800, 7, 2000)
+        "cancelled",
+        800,
+        7,
+        2000,
+    )
     assert row["total_cost"] == 800 * 2000 + 2000 * 100 + 7 * 10_000
 
 
 async def test_stream_failing_midway_records_usage_as_failed(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
     fake.queue(Reply(text="a b c d", error_after_deltas=2, input_tokens=300, output_tokens_before_error=4))
     frames = await chat(ws, "this will break")
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == "OVERLOADED"
     assert frames[-1]["partialText"] == "a b "
-    [row] = usage_rows(tmp_path)
+    [row] = await usage_rows(settings.db_url)
     assert (row["status"], row["input_tokens"], row["output_tokens"]) == ("failed", 300, 4)
     assert row["total_cost"] == 300 * 2000 + 4 * 10_000
     report = await request(ws, {"type": "usage.query"})
@@ -183,7 +200,7 @@ async def test_stream_failing_midway_records_usage_as_failed(
 
 
 async def test_client_disconnect_records_usage_as_disconnected(
-    gateway: Gateway, fake: FakeAnthropic, tmp_path: Path
+    gateway: Gateway, fake: FakeAnthropic, settings: Settings
 ) -> None:
     fake.queue(Reply(text="one two three four", hold_after_deltas=1, input_tokens=400, output_tokens_before_error=3))
     ws = await gateway.ws()
@@ -192,13 +209,13 @@ async def test_client_disconnect_records_usage_as_disconnected(
     await ws.close()
     assert await fake.wait_stream_closed()  # the gateway stopped paying for a reply nobody reads
     await turn_finished(gateway)
-    [row] = usage_rows(tmp_path)
+    [row] = await usage_rows(settings.db_url)
     assert (row["status"], row["input_tokens"], row["output_tokens"]) == ("disconnected", 400, 3)
     assert row["total_cost"] == 400 * 2000 + 3 * 10_000
 
 
 async def test_disconnect_with_finish_records_the_whole_reply(
-    gateway_factory: GatewayFactory, settings: Settings, fake: FakeAnthropic, tmp_path: Path
+    gateway_factory: GatewayFactory, settings: Settings, fake: FakeAnthropic
 ) -> None:
     gateway = await gateway_factory(settings.with_overrides(on_disconnect="finish"))
     fake.queue(Reply(text="one two three four", hold_after_deltas=1, input_tokens=400, output_tokens=60))
@@ -208,25 +225,25 @@ async def test_disconnect_with_finish_records_the_whole_reply(
     await ws.close()
     fake.release()
     await turn_finished(gateway)
-    [row] = usage_rows(tmp_path)
+    [row] = await usage_rows(settings.db_url)
     assert (row["status"], row["input_tokens"], row["output_tokens"]) == ("complete", 400, 60)
 
 
 async def test_shutdown_mid_stream_records_usage_as_interrupted(
-    gateway_factory: GatewayFactory, settings: Settings, fake: FakeAnthropic, tmp_path: Path
+    gateway_factory: GatewayFactory, settings: Settings, fake: FakeAnthropic
 ) -> None:
     gateway = await gateway_factory(settings)
     fake.queue(Reply(text="one two three", hold_after_deltas=1, input_tokens=250, output_tokens_before_error=2))
     ws = await gateway.ws()
     await send(ws, {"type": "chat.send", "id": "s", "content": "stopping soon"})
     await fake.wait_held()
-    await gateway.client.close()
-    [row] = usage_rows(tmp_path)
+    await gateway.client.server.close()  # what SIGTERM does: shutdown first, sockets closed after
+    [row] = await usage_rows(settings.db_url)
     assert (row["status"], row["input_tokens"], row["output_tokens"]) == ("interrupted", 250, 2)
 
 
 async def test_one_row_per_upstream_request_across_retries(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
     # 1: refused with 529 before any message (nothing billed, no row); 2: message_start then an overloaded error
     # before any token (billed for its input, a `failed` row); 3: the retry that succeeds.
@@ -238,7 +255,7 @@ async def test_one_row_per_upstream_request_across_retries(
     end = (await chat(ws, "third time lucky"))[-1]
     assert end["type"] == "chat.stream.end" and end["status"] == "complete"
     assert len(fake.requests) == 3
-    rows = usage_rows(tmp_path)
+    rows = await usage_rows(settings.db_url)
     assert [(r["status"], r["input_tokens"], r["output_tokens"]) for r in rows] == [
         ("failed", 120, 1),
         ("complete", 120, 9),
@@ -252,7 +269,7 @@ async def test_one_row_per_upstream_request_across_retries(
 
 
 async def test_cancel_during_retry_backoff_does_not_count_the_attempt_twice(
-    gateway_factory: GatewayFactory, settings: Settings, fake: FakeAnthropic, tmp_path: Path
+    gateway_factory: GatewayFactory, settings: Settings, fake: FakeAnthropic
 ) -> None:
     slow = settings.with_overrides(upstream_retry_base_s=60.0, upstream_retry_max_s=60.0)
     gateway = await gateway_factory(slow)
@@ -264,13 +281,13 @@ async def test_cancel_during_retry_backoff_does_not_count_the_attempt_twice(
     await send(ws, {"type": "chat.cancel", "id": "c", "sessionId": session_id})
     await collect(ws, until=("chat.cancelled",))
     assert len(fake.requests) == 1
-    rows = usage_rows(tmp_path)
+    rows = await usage_rows(settings.db_url)
     assert len(rows) == 1 and rows[0]["input_tokens"] == 120
     await ws.close()
 
 
 async def test_idempotent_resend_never_double_counts(
-    gateway: Gateway, ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+    gateway: Gateway, ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
     fake.queue(Reply(text="one two three", hold_after_deltas=1, input_tokens=100, output_tokens=10))
     await send(ws, {"type": "chat.send", "id": "a", "content": "count me once", "idempotencyKey": "k-1"})
@@ -286,7 +303,7 @@ async def test_idempotent_resend_never_double_counts(
     after = await chat(other, "count me once", id="c", idempotencyKey="k-1")
     assert after[0]["type"] == "chat.state" and after[0]["status"] == "complete"
     assert len(fake.requests) == 1
-    assert len(usage_rows(tmp_path)) == 1
+    assert len(await usage_rows(settings.db_url)) == 1
     report = await request(other, {"type": "usage.query"})
     assert report["grandTotal"]["requestCount"] == 1 and report["grandTotal"]["inputTokens"] == 100
     await other.close()
