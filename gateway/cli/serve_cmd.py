@@ -10,7 +10,6 @@ from typing import Any
 
 from aiohttp import web
 
-from ..app import create_app
 from ..logs import setup_logging
 from ..settings import Settings
 
@@ -58,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         log.warning("the gateway token is shorter than %d characters; `agentspace token create` makes a strong one",
                     MIN_TOKEN_CHARS)
     log.info("gateway on ws://%s:%d/gateway, database %s", settings.host, settings.port, _safe_url(settings.db_url))
+    # Imported here, not at the top: the server pulls in the SDK and SQLAlchemy (seconds), which `agentspace chat`
+    # and the other small commands never need.
+    from ..app import create_app
+
     web.run_app(
         create_app(settings),
         host=settings.host,

@@ -1,0 +1,146 @@
+"""How `agentspace chat` prints things: the stats line after a reply, and the /sessions, /context, /usage tables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from ..client import ChatEnd
+
+Frame = dict[str, Any]
+
+HELP = """commands:
+  /new          start a new session (the next message opens it)
+  /sessions     list sessions, newest first (* marks the current one)
+  /switch ID    continue session ID (a unique prefix is enough)
+  /context      what the next request would send: bytes, tokens and cost per section
+  /usage        tokens and cost of this session and of everything, per model
+  /cancel       stop the reply that is streaming (Ctrl-C does the same)
+  /help         this list
+  /quit         leave (Ctrl-D, or Ctrl-C twice at the prompt)"""
+
+
+class Style:
+    """ANSI styling only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.enabled = stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.enabled and text else text
+
+    def dim(self, text: str) -> str:
+        return self._wrap("2", text)
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+    def red(self, text: str) -> str:
+        return self._wrap("31", text)
+
+
+def num(value: int | float | None) -> str:
+    return "-" if value is None else f"{int(value):,}"
+
+
+def usd(value: float | None) -> str:
+    return "unpriced" if value is None else f"${value:.6f}"
+
+
+def short_id(session_id: str | None) -> str:
+    return (session_id or "")[:8]
+
+
+def stats_line(end: ChatEnd) -> str:
+    u = end.usage
+    parts = [f"{num(u.input_tokens)} in", f"{num(u.output_tokens)} out"]
+    if u.cache_read_input_tokens:
+        parts.append(f"{num(u.cache_read_input_tokens)} cache read")
+    if u.cache_creation_input_tokens:
+        parts.append(f"{num(u.cache_creation_input_tokens)} cache write")
+    parts.append(usd(end.cost.total))
+    parts.append(f"{end.duration_ms / 1000:.1f}s")
+    if end.status != "complete":
+        parts.append(end.status)
+    elif end.stop_reason not in (None, "end_turn"):
+        parts.append(f"stopped: {end.stop_reason}")
+    parts.append(f"session {short_id(end.session_id)}")
+    return "[" + " · ".join(parts) + "]"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """The first `left` columns (names) left-aligned, the numbers after them right-aligned."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [str(c).ljust(w) if i < left else str(c).rjust(w) for i, (c, w) in pairs]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def sessions_view(frame: Frame, current: str | None) -> str:
+    sessions = frame.get("sessions") or []
+    if not sessions:
+        return "no sessions yet"
+    rows = []
+    for s in sessions:
+        mark = "*" if s["sessionId"] == current else " "
+        title = (s.get("title") or "").replace("\n", " ")
+        title = title if len(title) <= 40 else title[:39] + "…"
+        rows.append([f"{mark} {short_id(s['sessionId'])}", title, num(s.get("messageCount")),
+                     str(s.get("updatedAt", ""))[:16].replace("T", " ")])
+    return table(["  id", "title", "msgs", "updated (UTC)"], rows, left=2)
+
+
+def context_view(frame: Frame) -> str:
+    sections = frame.get("sections") or []
+    totals = frame.get("totals") or {}
+    total_tokens = totals.get("tokenEstimate") or 0
+    rows = []
+    for s in sections:
+        share = f"{100 * s['tokenEstimate'] / total_tokens:.1f}%" if total_tokens else "-"
+        rows.append([s["name"], num(s["byteCount"]), num(s["tokenEstimate"]), usd(s.get("costEstimate")), share])
+    rows.append(["total", num(totals.get("byteCount")), num(total_tokens), usd(totals.get("costEstimate")), ""])
+    lines = [f"model {frame.get('model')} · agent {frame.get('agentId')} · session {short_id(frame.get('sessionId'))}",
+             table(["section", "bytes", "tokens", "cost", "share"], rows)]
+    window, window_share = frame.get("contextWindow"), frame.get("windowShare")
+    if window:
+        best = frame.get("calibratedTokenEstimate") or total_tokens + (frame.get("requestOverheadTokens") or 0)
+        lines.append(f"window: {num(best)} of {num(window)} tokens ({100 * (window_share or 0):.4f}%), "
+                     f"max_tokens {num(frame.get('maxTokens'))}, counted by {frame.get('tokenCounter')}")
+    for problem in frame.get("problems") or []:
+        lines.append(f"problem: {problem}")
+    return "\n".join(lines)
+
+
+def usage_view(session_report: Frame | None, overall: Frame) -> str:
+    blocks = []
+    for title, report in (("this session", session_report), ("all sessions", overall)):
+        if report is None:
+            continue
+        per_model: dict[str, Frame] = report.get("perModel") or {}
+        rows = [_usage_row(model, t) for model, t in sorted(per_model.items())]
+        if len(rows) != 1:
+            rows.append(_usage_row("total", report.get("grandTotal") or {}))
+        blocks.append(f"{title}:\n" + table(["model", "requests", "in", "out", "cache read", "cache write", "cost"],
+                                            rows))
+        if report.get("unpricedRequests"):
+            blocks.append(f"({report['unpricedRequests']} requests to unpriced models are not in the cost)")
+    return "\n".join(blocks)
+
+
+def _usage_row(name: str, t: Frame) -> list[str]:
+    return [name, num(t.get("requestCount", 0)), num(t.get("inputTokens", 0)), num(t.get("outputTokens", 0)),
+            num(t.get("cacheReadInputTokens", 0)), num(t.get("cacheCreationInputTokens", 0)),
+            usd(t.get("totalCost", 0.0))]
+
+
+def history_tail(frame: Frame, count: int = 2) -> str:
+    lines = []
+    for m in (frame.get("messages") or [])[-count:]:
+        text = (m.get("text") or "").replace("\n", " ")
+        lines.append(f"{m['role']}: {text if len(text) <= 100 else text[:99] + '…'}")
+    return "\n".join(lines)
