@@ -54,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("gateway")
     if settings.token is not None and len(settings.token) < MIN_TOKEN_CHARS:
-        log.warning("the gateway token is shorter than %d characters; `agentspace token create` makes a strong one",
-                    MIN_TOKEN_CHARS)
+        log.warning(
+            "the gateway token is shorter than %d characters; `agentspace token create` makes a strong one",
+            MIN_TOKEN_CHARS,
+        )
     log.info("gateway on ws://%s:%d/gateway, database %s", settings.host, settings.port, _safe_url(settings.db_url))
     # Imported here, not at the top: the server pulls in the SDK and SQLAlchemy (seconds), which `agentspace chat`
     # and the other small commands never need.
