@@ -21,16 +21,12 @@ from .handlers import (
     healthz,
     metrics,
 )
-from .keys import KeyProvider, Vault
 from .locks import LocalSessionLocks, SessionLocks
 from .metrics import Metrics
-from .prices import PriceBook
 from .services import Services
 from .settings import Settings
 from .store import Database, Store
-from .tokens import TokenCounter
 from .upstream import Upstream
-from .workspace import WorkspaceLoader
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +59,11 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             recovered = await store.chats.recover_interrupted()
             if recovered:
                 log.warning("marked %d replies interrupted by an earlier crash", recovered)
-        upstream = Upstream(settings, KeyProvider(settings.anthropic_api_key, Vault(settings.vault_path)))
-        tokens = TokenCounter()
-        app[SERVICES] = Services(
-            settings=settings,
-            store=store,
-            upstream=upstream,
-            prices=PriceBook.load(settings.prices_path),
-            workspaces=WorkspaceLoader(settings.agents_dir),
-            tokens=tokens,
-            locks=locks,
-            metrics=app[METRICS],
-        )
+        services = Services.build(settings, store, locks, metrics=app[METRICS])
+        upstream = services.upstream
+        app[SERVICES] = services
         # Loading the encoding takes a moment; do it off the loop, before the first inspect pays for it.
-        await asyncio.to_thread(tokens.warm)
+        await asyncio.to_thread(services.tokens.warm)
         yield
     finally:
         if upstream is not None:

@@ -6,17 +6,30 @@ request it stands for, so the inspector's bytes and tokens are by construction t
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from .models import Message
 from .workspace import Workspace
 
 SECTION_NAMES = ("system_prompt", "memory", "skills", "tools", "history")
 MEMORY_HEADING = "# Long-term memory"
 SKILLS_HEADING = "# Skills\n\nThese skills are available; ask for one by name when it fits the task."
+
+
+class StoredMessage(Protocol):
+    """What assembly needs of a stored message (the store's `HistoryItem`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def content(self) -> list[dict[str, Any]]: ...
+    @property
+    def version(self) -> str:
+        """Changes whenever the message does."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +38,9 @@ class Section:
     content: str | list[Any]
     item_count: int | None = None
     truncated: bool | None = None
-
-    @property
-    def wire_text(self) -> str:
-        """The section as sent: text as-is, structured parts as compact JSON (the way they cross the wire)."""
-        if isinstance(self.content, str):
-            return self.content
-        return json.dumps(self.content, ensure_ascii=False, separators=(",", ":"))
+    # History only: per turn, an identity that changes whenever the turn's JSON does (its messages' ids and
+    # versions, its cache marker), or None for the turn holding the draft. Measurements are cached under it.
+    item_keys: tuple[Hashable | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,33 +63,42 @@ def _cache_marker(cache_mode: str) -> dict[str, str] | None:
     return {"type": "ephemeral"}
 
 
-def replayable_content(message: Message) -> list[dict[str, Any]]:
+def replayable_content(message: StoredMessage) -> list[dict[str, Any]]:
     """The blocks of a stored turn that the API will accept again.
 
     Tool calls are dropped (this gateway runs no tools, so no tool_result would follow them); an unfinished reply was
-    already stored without its unsigned thinking.
+    already stored without its unsigned thinking. Blocks are shared, not copied: assembly never changes one in place.
     """
-    return [dict(block) for block in message.content if block.get("type") not in ("tool_use", "server_tool_use")]
+    return [block for block in message.content if block.get("type") not in ("tool_use", "server_tool_use")]
 
 
-def history_messages(history: Sequence[Message], pending: str | None) -> list[dict[str, Any]]:
+def history_messages(
+    history: Sequence[StoredMessage], pending: str | None
+) -> tuple[list[dict[str, Any]], list[tuple[Hashable, ...] | None]]:
+    """The turns to send, and for each the versions of the messages in it (None if it holds the draft)."""
     turns: list[dict[str, Any]] = []
+    keys: list[tuple[Hashable, ...] | None] = []
     for message in history:
         blocks = replayable_content(message)
         if not blocks:
             continue
+        version = (message.id, message.version)
         if turns and turns[-1]["role"] == message.role:
             # Two user turns in a row (the reply between them failed before any text): the API wants alternation.
             turns[-1]["content"].extend(blocks)
+            keys[-1] = (*(keys[-1] or ()), version)
         else:
             turns.append({"role": message.role, "content": blocks})
+            keys.append((version,))
     if pending is not None:
         block = {"type": "text", "text": pending}
         if turns and turns[-1]["role"] == "user":
             turns[-1]["content"].append(block)
+            keys[-1] = None
         else:
             turns.append({"role": "user", "content": [block]})
-    return turns
+            keys.append(None)
+    return turns, keys
 
 
 # The API refuses cache_control on thinking blocks and on empty text blocks; the breakpoint goes on the last block
@@ -94,19 +112,25 @@ def _markable(block: dict[str, Any]) -> bool:
     return not (block.get("type") == "text" and not block.get("text"))
 
 
-def _mark_prefix(turns: list[dict[str, Any]], marker: dict[str, str]) -> None:
+def _mark_prefix(
+    turns: list[dict[str, Any]], keys: list[tuple[Hashable, ...] | None], marker: dict[str, str]
+) -> None:
     """Cache breakpoint on the last block before the newest user turn: the stable history prefix."""
-    for turn in reversed(turns[:-1]):
-        blocks = turn["content"]
+    for index in range(len(turns) - 2, -1, -1):
+        blocks = turns[index]["content"]
         for i in range(len(blocks) - 1, -1, -1):
             if _markable(blocks[i]):
                 blocks[i] = {**blocks[i], "cache_control": marker}
+                key = keys[index]
+                if key is not None:
+                    # The same turn with a marker is different JSON, so it is measured under another key.
+                    keys[index] = (*key, ("cache_control", i, *marker.items()))
                 return
 
 
 def assemble(
     workspace: Workspace,
-    history: Sequence[Message],
+    history: Sequence[StoredMessage],
     *,
     pending: str | None,
     model: str,
@@ -126,9 +150,9 @@ def assemble(
         # Tools come before system in the prompt, so one breakpoint here caches tools and system together.
         system[-1] = {**system[-1], "cache_control": marker}
 
-    turns = history_messages(history, pending)
+    turns, keys = history_messages(history, pending)
     if marker is not None:
-        _mark_prefix(turns, marker)
+        _mark_prefix(turns, keys, marker)
     tools = [dict(tool) for tool in workspace.tools]
 
     params: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "system": system, "messages": turns}
@@ -139,6 +163,6 @@ def assemble(
         Section("memory", memory_text, truncated=workspace.memory_truncated),
         Section("skills", skills_text, item_count=len(workspace.skills), truncated=workspace.skills_truncated),
         Section("tools", tools, item_count=len(tools), truncated=workspace.tools_truncated),
-        Section("history", turns, item_count=len(turns)),
+        Section("history", turns, item_count=len(turns), item_keys=tuple(keys)),
     )
     return Assembled(params=params, sections=sections, model=model, cache_mode=workspace.cache_mode)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
@@ -35,13 +37,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def json_loads(text: str | bytes) -> Any:
+    """Reads JSON columns. orjson decodes several times faster than the stdlib, which matters for loading a long
+    session's history; the stdlib still reads what orjson refuses (lone surrogates, NaN, huge integers)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def create_engine(db_url: str, *, pool_size: int = 5, max_overflow: int = 5) -> AsyncEngine:
     url = make_url(db_url)
     if url.get_backend_name() == "sqlite":
         database = url.database
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 10})
+        engine = create_async_engine(url, connect_args={"timeout": 10}, json_deserializer=json_loads)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
@@ -50,6 +61,7 @@ def create_engine(db_url: str, *, pool_size: int = 5, max_overflow: int = 5) -> 
         max_overflow=max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
+        json_deserializer=json_loads,
     )
 
 

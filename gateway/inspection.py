@@ -10,7 +10,7 @@ from .accounting import nano_to_usd
 from .context import Assembled, Section
 from .models import TokenCalibration
 from .prices import PriceBook
-from .tokens import TokenCounter
+from .tokens import TokenCounter, utf8_len
 
 # The API wraps each request in a few tokens of its own (roles, separators); a small, honest fudge.
 REQUEST_OVERHEAD_TOKENS = 3
@@ -23,24 +23,32 @@ class Measured:
     token_estimate: int
 
 
-def section_tokens(section: Section, counter: TokenCounter) -> int:
-    if section.name == "history" and isinstance(section.content, list):
-        # Per message, so each turn's count is cached and a long session is only counted once.
-        return sum(counter.count_json(turn) for turn in section.content)
-    if isinstance(section.content, list):
-        return counter.count_json(section.content) if section.content else 0
-    return counter.count(section.content) if section.content else 0
+def section_size(section: Section, counter: TokenCounter) -> tuple[int, int]:
+    """(UTF-8 bytes, estimated tokens) of the section as sent: text as is, `tools` and `history` as compact JSON."""
+    content = section.content
+    if not content:
+        return 0, 0
+    if isinstance(content, str):
+        return utf8_len(content), counter.count(content)
+    if section.item_keys:
+        # Turn by turn, each under its identity, so only new or changed turns are serialized and counted.
+        total_bytes = len(content) + 1  # "[", "]" and the commas between turns
+        total_tokens = 0
+        for turn, key in zip(content, section.item_keys, strict=True):
+            tokens, size = counter.measure_json(turn, key)
+            total_bytes += size
+            total_tokens += tokens
+        return total_bytes, total_tokens
+    tokens, size = counter.measure_json(content)
+    return size, tokens
 
 
 def measure(assembled: Assembled, counter: TokenCounter) -> list[Measured]:
-    return [
-        Measured(s, len(s.wire_text.encode("utf-8", "surrogatepass")) if s.content else 0, section_tokens(s, counter))
-        for s in assembled.sections
-    ]
+    return [Measured(s, *section_size(s, counter)) for s in assembled.sections]
 
 
 def estimate_input_tokens(assembled: Assembled, counter: TokenCounter) -> int:
-    return sum(section_tokens(s, counter) for s in assembled.sections) + REQUEST_OVERHEAD_TOKENS
+    return sum(m.token_estimate for m in measure(assembled, counter)) + REQUEST_OVERHEAD_TOKENS
 
 
 def calibration_ratio(row: TokenCalibration | None) -> float | None:

