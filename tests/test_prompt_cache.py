@@ -12,8 +12,8 @@ from typing import Any
 from aiohttp import ClientWebSocketResponse
 
 from gateway.context import assemble
-from gateway.models import Message
 from gateway.settings import Settings
+from gateway.store import HistoryItem
 from gateway.workspace import WorkspaceLoader
 from tests.conftest import chat, request
 from tests.fake_anthropic import FakeAnthropic, Reply
@@ -94,8 +94,8 @@ def test_breakpoint_skips_blocks_that_cannot_carry_one(tmp_path: Path) -> None:
     """A reply stored with only thinking (or an empty text block) cannot be marked; the marker moves back."""
     workspace = WorkspaceLoader(tmp_path / "agents").load("default")
 
-    def msg(seq: int, role: str, content: list[dict[str, Any]]) -> Message:
-        return Message(id=str(seq), session_id="s", seq=seq, role=role, content=content, status="complete")
+    def msg(seq: int, role: str, content: list[dict[str, Any]]) -> HistoryItem:
+        return HistoryItem(id=str(seq), role=role, content=content, version="1")
 
     history = [
         msg(0, "user", [{"type": "text", "text": "think hard"}]),
