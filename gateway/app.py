@@ -16,7 +16,9 @@ from .handlers import (
     METRICS,
     SERVICES,
     SOCKETS,
+    STATIC_DIR,
     active_streams,
+    control_ui,
     gateway_ws,
     healthz,
     metrics,
@@ -96,4 +98,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/gateway", gateway_ws)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", control_ui)
+    app.router.add_static("/static/", STATIC_DIR)
     return app

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Iterable
+from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -22,6 +23,7 @@ SERVICES = web.AppKey("services", Services)
 SOCKETS = web.AppKey[weakref.WeakSet[web.WebSocketResponse]]("sockets")
 CONNECTIONS = web.AppKey[weakref.WeakSet[Connection]]("connections")
 METRICS = web.AppKey("metrics", Metrics)
+STATIC_DIR = Path(__file__).parent / "static"
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -90,6 +92,20 @@ async def metrics(request: web.Request) -> web.Response:
     if not token_ok(request.app[SERVICES].settings.token, _bearer(request)):
         raise web.HTTPUnauthorized(text="gateway token required", headers={"WWW-Authenticate": "Bearer"})
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+# The Control UI is same-origin and static; this policy keeps anything injected from loading or sending elsewhere.
+_UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+async def control_ui(request: web.Request) -> web.FileResponse:
+    """The Control UI page. It asks for the gateway token itself when the gateway closes its socket with 1008."""
+    return web.FileResponse(STATIC_DIR / "index.html", headers=_UI_HEADERS)
 
 
 async def gateway_ws(request: web.Request) -> web.StreamResponse:
