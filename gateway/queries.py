@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from . import errors
-from .accounting import nano_to_usd
 from .context import assemble
 from .inspection import calibration_ratio, inspection_body
 from .models import ChatSession, Message, utcnow
 from .protocol import Request, parse_time
+from .reports import usage_report
 from .services import Services
-from .store import UsageFilters, UsageTotals
+from .store import UsageFilters
 from .turn import session_key
 
 
@@ -87,27 +87,6 @@ async def session_delete(s: Services, req: Request) -> dict[str, Any]:
     return {"type": "session.deleted", "sessionId": session_id}
 
 
-def totals_fields(t: UsageTotals) -> dict[str, Any]:
-    return {
-        "inputTokens": t.input_tokens,
-        "outputTokens": t.output_tokens,
-        "cacheCreationInputTokens": t.cache_write_5m_tokens + t.cache_write_1h_tokens,
-        "cacheCreation5mInputTokens": t.cache_write_5m_tokens,
-        "cacheCreation1hInputTokens": t.cache_write_1h_tokens,
-        "cacheReadInputTokens": t.cache_read_tokens,
-        "inputCost": nano_to_usd(t.input_cost),
-        "outputCost": nano_to_usd(t.output_cost),
-        "cacheCost": nano_to_usd(t.cache_write_cost + t.cache_read_cost),
-        "cacheWriteCost": nano_to_usd(t.cache_write_cost),
-        "cacheReadCost": nano_to_usd(t.cache_read_cost),
-        "totalCost": nano_to_usd(t.total_cost),
-        "totalCostNanoUsd": t.total_cost,
-        "savedCost": nano_to_usd(t.uncached_cost - t.total_cost),
-        "requestCount": t.request_count,
-        "unpricedRequests": t.unpriced_requests,
-    }
-
-
 async def usage_query(s: Services, req: Request) -> dict[str, Any]:
     filters = UsageFilters(
         session_id=req.get("sessionId"),
@@ -116,22 +95,7 @@ async def usage_query(s: Services, req: Request) -> dict[str, Any]:
         since=parse_time(req.get("since"), "since"),
         until=parse_time(req.get("until"), "until"),
     )
-    per_model = await s.store.usage.per_model(filters)
-    grand = UsageTotals()
-    for totals in per_model.values():
-        grand.add(totals)
-    frame: dict[str, Any] = {
-        "type": "usage.report",
-        "perModel": {model: totals_fields(t) for model, t in per_model.items()},
-        "grandTotal": totals_fields(grand),
-        "unpricedRequests": grand.unpriced_requests,
-    }
-    group_by = req.get("groupBy")
-    if group_by is not None:
-        groups = await s.store.usage.grouped(filters, group_by)
-        frame["groupBy"] = group_by
-        frame["groups"] = [{"key": key, **totals_fields(t)} for key, t in groups]
-    return frame
+    return await usage_report(s.store, filters, req.get("groupBy"), budgets=s.budgets, workspaces=s.workspaces)
 
 
 async def context_inspect(s: Services, req: Request) -> dict[str, Any]:

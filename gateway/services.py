@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .budgets import BudgetGuard
 from .keys import KeyProvider, Vault
 from .locks import SessionLocks
 from .metrics import Metrics
@@ -24,19 +25,22 @@ class Services:
     workspaces: WorkspaceLoader
     tokens: TokenCounter
     locks: SessionLocks
+    budgets: BudgetGuard
     metrics: Metrics = field(default_factory=Metrics)
     active_turns: set[object] = field(default_factory=set)
 
     @classmethod
     def build(cls, settings: Settings, store: Store, locks: SessionLocks, metrics: Metrics | None = None) -> Services:
         """The same pieces for the server and for CLI commands that read through them (`agentspace context`)."""
+        prices = PriceBook.load(settings.prices_path)
         return cls(
             settings=settings,
             store=store,
             upstream=Upstream(settings, KeyProvider(settings.anthropic_api_key, Vault(settings.vault_path))),
-            prices=PriceBook.load(settings.prices_path),
+            prices=prices,
             workspaces=WorkspaceLoader(settings.agents_dir),
             tokens=TokenCounter(),
             locks=locks,
+            budgets=BudgetGuard(store, prices),
             metrics=metrics or Metrics(),
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import errors
 from .accounting import Priced
+from .budgets import Reservation
 from .checkpoints import Checkpointer
 from .context import Assembled, assemble
 from .inspection import calibrated, calibration_ratio, estimate_input_tokens
@@ -44,6 +45,7 @@ class Turn:
         self.session_id: str | None = request.get("sessionId")
         self.cancel_reason: str | None = None  # "cancelled" | "client_gone" | "shutdown", set before task.cancel()
         self._lease: SessionLease | None = None
+        self._budget: Reservation | None = None
         self.obs = services.metrics.turn(request.id, request.get("content"))
 
     @property
@@ -65,6 +67,8 @@ class Turn:
             self.obs.rejected(errors.InternalError.code)
             await self.send(_error(errors.InternalError(f"internal error: {type(exc).__name__}"), self.rid))
         finally:
+            if self._budget is not None:
+                self._budget.release()  # after _finish: the usage row now counts instead
             if self._lease is not None:
                 await self._lease.release()
 
@@ -89,6 +93,7 @@ class Turn:
         estimate = estimate_input_tokens(assembled, s.tokens)
         await self._check_window(model, estimate)
         s.upstream.client()  # MISSING_API_KEY before anything is written
+        self._budget = await s.budgets.reserve(workspace, model, estimate, max_tokens)  # BUDGET_EXCEEDED, ditto
         try:
             rows = await s.store.chats.begin_turn(
                 session_id=self.session_id,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from gateway.budget_config import Budget, budget_of_unreadable, parse_budget
 from gateway.errors import AgentNotFound, InvalidMessage
 from gateway.protocol import AGENT_ID_PATTERN, AGENT_ID_RULE
 from gateway.settings import DEFAULT_AGENT, DEFAULT_SYSTEM_PROMPT
@@ -36,7 +37,7 @@ DEFAULT_CACHE_MODE = "5m"
 
 # Anthropic rejects the whole request over one bad tool, so bad tools are dropped here instead.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_AGENT_TOML_KEYS = frozenset({"model", "cache", "max_tokens"})
+_AGENT_TOML_KEYS = frozenset({"model", "cache", "max_tokens", "budget"})
 # On filesystems with coarse timestamps a same-size rewrite in the same tick as our read keeps the
 # same (mtime, size); files changed this recently are re-read every time (git's "racily clean" rule).
 _RACY_WINDOW_NS = 2_000_000_000
@@ -65,6 +66,7 @@ class Workspace:
     cache_mode: str  # "off" | "5m" | "1h"
     max_tokens: int | None
     problems: tuple[str, ...]
+    budget: Budget | None = None  # agent.toml [budget]; enforced by gateway/budgets.py
 
 
 def validate_agent_id(agent_id: str) -> str:
@@ -103,6 +105,7 @@ class _AgentConfig:
     cache_mode: str = DEFAULT_CACHE_MODE
     max_tokens: int | None = None
     problems: tuple[str, ...] = ()
+    budget: Budget | None = None
 
 
 def _decode(data: bytes, cut: bool) -> str:
@@ -205,12 +208,14 @@ def _parse_tools(data: bytes, cut: bool) -> _Tools:
 
 
 def _parse_agent_toml(data: bytes, cut: bool) -> _AgentConfig:
+    text = _decode(data, cut)
     if cut:
-        return _AgentConfig(problems=(f"agent.toml: larger than {MAX_AGENT_TOML_BYTES} bytes; ignored",))
+        problem = f"agent.toml: larger than {MAX_AGENT_TOML_BYTES} bytes; ignored"
+        return _AgentConfig(problems=(problem,), budget=budget_of_unreadable(text))
     try:
-        raw = tomllib.loads(_decode(data, False))
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        return _AgentConfig(problems=(f"agent.toml: {exc}; ignored",))
+        return _AgentConfig(problems=(f"agent.toml: {exc}; ignored",), budget=budget_of_unreadable(text))
     problems = [f"agent.toml: unknown key {key!r} ignored" for key in raw if key not in _AGENT_TOML_KEYS]
     model = raw.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
@@ -225,7 +230,10 @@ def _parse_agent_toml(data: bytes, cut: bool) -> _AgentConfig:
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
         problems.append("agent.toml: max_tokens must be a positive integer; using the gateway default")
         max_tokens = None
-    return _AgentConfig(model.strip() if model else None, cache, max_tokens, tuple(problems))
+    budget = parse_budget(raw.get("budget"))
+    if budget is not None and budget.problem:
+        problems.append(f"agent.toml: {budget.problem}; this agent's sends are refused until it is fixed")
+    return _AgentConfig(model.strip() if model else None, cache, max_tokens, tuple(problems), budget)
 
 
 class _FileCache(Generic[T]):
@@ -328,6 +336,7 @@ class WorkspaceLoader:
             cache_mode=config.cache_mode,
             max_tokens=config.max_tokens,
             problems=tuple(problems),
+            budget=config.budget,
         )
 
     @staticmethod

@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import chat_cmd, context_cmd, keys_cmd, prices_cmd, serve_cmd, token_cmd
+from . import chat_cmd, context_cmd, keys_cmd, prices_cmd, serve_cmd, token_cmd, usage_cmd
 
-COMMANDS = (serve_cmd, chat_cmd, keys_cmd, prices_cmd, token_cmd, context_cmd)
+COMMANDS = (serve_cmd, chat_cmd, keys_cmd, prices_cmd, token_cmd, context_cmd, usage_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,198 @@
+"""Spend caps per agent per UTC day and month (docs/BUDGETS.md).
+
+Before any upstream call, a send's worst case (its estimated prompt at the dearest rate it could be billed at, plus
+`maxTokens` of output) is added to the agent's spend so far and to what its requests still in flight may yet cost;
+if that passes a cap, the send is refused with BUDGET_EXCEEDED. Otherwise the worst case is reserved until the
+request's usage row is written, so concurrent sends cannot each squeeze under the same cap.
+
+Spend so far comes from SQL, so it is shared by every process on one database; reservations live in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from . import errors
+from .accounting import nano_to_usd
+from .budget_config import Budget
+from .prices import PriceBook
+from .protocol import iso
+from .store import Store
+from .workspace import Workspace, WorkspaceLoader
+
+
+def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
+    """The UTC day or calendar month holding `now`: [start, end)."""
+    now = now.astimezone(UTC)
+    if period == "day":
+        start = datetime(now.year, now.month, now.day, tzinfo=UTC)
+        return start, start + timedelta(days=1)
+    start = datetime(now.year, now.month, 1, tzinfo=UTC)
+    end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def worst_case(
+    prices: PriceBook, model: str, cache_mode: str, prompt_tokens: int, max_tokens: int, at: datetime
+) -> int | None:
+    """The most this request could cost, nano-USD; None when the model has no known price."""
+    found = prices.rates(model, at, prompt_tokens)
+    if found is None:
+        return None
+    rates, _tier = found
+    # With caching on, any prompt token may be billed as a cache write, which costs more than plain input.
+    write = {"5m": rates.cache_write_5m, "1h": rates.cache_write_1h}.get(cache_mode, 0)
+    return prompt_tokens * max(rates.input, write) + max_tokens * rates.output
+
+
+class Reservation:
+    """One send's worst case, held against its agent's caps until its usage is recorded. Release is idempotent."""
+
+    def __init__(self, guard: BudgetGuard, agent_id: str, amount: int) -> None:
+        self._guard = guard
+        self.agent_id = agent_id
+        self.amount = amount
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._guard._release(self.agent_id, self.amount)
+
+
+@dataclass(frozen=True, slots=True)
+class CapStatus:
+    agent_id: str
+    period: str
+    start: datetime
+    end: datetime
+    cap: int
+    spent: int
+    in_flight: int
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "agentId": self.agent_id,
+            "period": self.period,
+            "periodStart": iso(self.start),
+            "resetsAt": iso(self.end),
+            "capUsd": nano_to_usd(self.cap),
+            "spentUsd": nano_to_usd(self.spent),
+            "inFlightUsd": nano_to_usd(self.in_flight),
+            "remainingUsd": nano_to_usd(max(0, self.cap - self.spent - self.in_flight)),
+            "capNanoUsd": self.cap,
+            "spentNanoUsd": self.spent,
+        }
+
+
+class BudgetGuard:
+    def __init__(self, store: Store, prices: PriceBook) -> None:
+        self._store = store
+        self._prices = prices
+        self._reserved: dict[str, int] = {}
+        # Bumped on every release: a spend read that overlapped a release may have missed that request's row.
+        self._settled: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def reserve(
+        self, workspace: Workspace, model: str, estimate: int, max_tokens: int, now: datetime | None = None
+    ) -> Reservation | None:
+        """Raise BudgetExceeded, or hold this send's worst case; None when the agent has no budget."""
+        budget, agent_id = workspace.budget, workspace.agent_id
+        if budget is None:
+            return None
+        if budget.problem:
+            raise errors.BudgetExceeded(
+                f"agent {agent_id}'s budget is misconfigured ({budget.problem}); fix agent.toml to send again",
+                agentId=agent_id,
+            )
+        now = now or datetime.now(UTC)
+        prompt = await self._prompt_tokens(model, estimate)
+        worst = worst_case(self._prices, model, workspace.cache_mode, prompt, max_tokens, now)
+        if worst is None:
+            raise errors.BudgetExceeded(
+                f"model {model} has no known price, so agent {agent_id}'s budget cannot be enforced;"
+                " add its price to prices.toml",
+                agentId=agent_id,
+                model=model,
+            )
+        async with self._locks.setdefault(agent_id, asyncio.Lock()):
+            spent = await self._spent(agent_id, budget, now)
+            in_flight = self._reserved.get(agent_id, 0)
+            for period, cap in budget.caps:
+                if spent[period] + in_flight + worst > cap:
+                    end = period_bounds(period, now)[1]
+                    raise errors.BudgetExceeded(
+                        f"agent {agent_id}'s {_PERIOD_WORD[period]} budget of ${_dollars(cap)} would be passed:"
+                        f" ${_dollars(spent[period])} spent, ${_dollars(in_flight)} in flight, and this request"
+                        f" could cost up to ${_dollars(worst)}",
+                        agentId=agent_id,
+                        period=period,
+                        capUsd=nano_to_usd(cap),
+                        spentUsd=nano_to_usd(spent[period]),
+                        inFlightUsd=nano_to_usd(in_flight),
+                        requestWorstCaseUsd=nano_to_usd(worst),
+                        resetsAt=iso(end),
+                    )
+            self._reserved[agent_id] = in_flight + worst
+        return Reservation(self, agent_id, worst)
+
+    async def status(self, workspaces: WorkspaceLoader, agent_id: str | None = None) -> list[dict[str, Any]]:
+        """Every cap (of one agent, or of all) with its spend this period, for reports."""
+        now = datetime.now(UTC)
+        out: list[dict[str, Any]] = []
+        for agent in [agent_id] if agent_id is not None else workspaces.list_agents():
+            try:
+                budget = workspaces.load(agent).budget
+            except errors.GatewayError:
+                continue  # an unknown agent in a report filter simply has no caps
+            if budget is None:
+                continue
+            if budget.problem:
+                out.append({"agentId": agent, "problem": budget.problem})
+                continue
+            spent = await self._spent(agent, budget, now)
+            in_flight = self._reserved.get(agent, 0)
+            for period, cap in budget.caps:
+                start, end = period_bounds(period, now)
+                out.append(CapStatus(agent, period, start, end, cap, spent[period], in_flight).fields())
+        return out
+
+    async def _spent(self, agent_id: str, budget: Budget, now: datetime) -> dict[str, int]:
+        while True:
+            settled = self._settled.get(agent_id, 0)
+            spent = {
+                period: await self._store.usage.spent_since(agent_id, period_bounds(period, now)[0])
+                for period, _cap in budget.caps
+            }
+            # A request that settled while we read may be missing from the sums and already gone from the
+            # reservations; read again rather than undercount. New reservations wait on our lock, so this ends.
+            if self._settled.get(agent_id, 0) == settled:
+                return spent
+
+    async def _prompt_tokens(self, model: str, estimate: int) -> int:
+        """The local estimate, scaled up by what Anthropic has reported for this model if it counts more."""
+        row = await self._store.chats.calibration(model)
+        if row is None or row.samples == 0 or row.estimated_tokens <= 0:
+            return estimate
+        return max(estimate, -(-estimate * row.reported_tokens // row.estimated_tokens))
+
+    def _release(self, agent_id: str, amount: int) -> None:
+        left = self._reserved.get(agent_id, 0) - amount
+        if left > 0:
+            self._reserved[agent_id] = left
+        else:
+            self._reserved.pop(agent_id, None)
+        self._settled[agent_id] = self._settled.get(agent_id, 0) + 1
+
+
+_PERIOD_WORD = {"day": "daily", "month": "monthly"}
+
+
+def _dollars(nano: int) -> str:
+    """Exact and short for messages: 5000000000 -> "5", 82100000 -> "0.0821"."""
+    return format(Decimal(nano).scaleb(-9).normalize(), "f")
