@@ -99,3 +99,22 @@ async def test_one_question_pipes_only_the_answer(gateway: Gateway, fake: FakeAn
     code, out, err = await run_cli("chat", "--url", url_of(gateway), "--session", "nope", "hi")
     assert code == 1 and out == ""
     assert "SESSION_NOT_FOUND" in err
+
+
+async def test_the_cli_starts_without_importing_the_server() -> None:
+    """`agentspace chat` should open in about a second: the SDK, SQLAlchemy and tiktoken take several to import, and
+    only `serve` (and commands that open the database) need them, at run time."""
+    code, out, err = await run_cli_python(
+        "import sys, gateway.cli; "
+        "print(sorted(m for m in ('anthropic', 'sqlalchemy', 'tiktoken', 'gateway.app') if m in sys.modules))"
+    )
+    assert (code, out.strip()) == (0, "[]"), err
+
+
+async def run_cli_python(source: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", source, env=cli_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -13,16 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
-from .. import queries
-from ..db import create_engine, make_sessionmaker
 from ..errors import GatewayError
-from ..locks import LocalSessionLocks
 from ..protocol import dump, parse_frame
-from ..services import Services
 from ..settings import Settings
-from ..store import Database, Store
 
 COLUMNS = ("section", "items", "bytes", "tokens", "cost", "share", "")
 
@@ -58,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _inspect(settings: Settings, request: Any) -> dict[str, Any]:
+    # Imported here: the store and the SDK take seconds to import, and every other command would pay for them.
+    from .. import queries
+    from ..db import create_engine, make_sessionmaker
+    from ..locks import LocalSessionLocks
+    from ..services import Services
+    from ..store import Database, Store
+
     engine = create_engine(settings.db_url, pool_size=1, max_overflow=0)
     services = Services.build(settings, Store(Database(engine, make_sessionmaker(engine))), LocalSessionLocks())
     try:
@@ -69,6 +69,8 @@ async def _inspect(settings: Settings, request: Any) -> dict[str, Any]:
 
 def _missing_sqlite_file(db_url: str) -> Path | None:
     """Opening a SQLite URL would create an empty database; a read-only command should say it is not there."""
+    from sqlalchemy.engine import make_url
+
     url = make_url(db_url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
