@@ -7,17 +7,14 @@ import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..budgets import BudgetGuard
-from ..db import create_engine, make_sessionmaker, upgrade_to_head
 from ..errors import GatewayError
-from ..prices import PriceBook
 from ..protocol import GROUP_BY, dump, iso, parse_time
-from ..reports import usage_report
 from ..settings import Settings
-from ..store import Database, Store, UsageFilters
-from ..workspace import WorkspaceLoader
+
+if TYPE_CHECKING:
+    from ..store import UsageFilters
 
 _RELATIVE = re.compile(r"(\d+)([dh])")
 _MICRO = Decimal("0.000001")
@@ -61,6 +58,9 @@ def parse_when(value: str | None, now: datetime) -> datetime | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The store (SQLAlchemy) is imported when the command runs, not when the CLI starts: see test_chat_cli.
+    from ..store import UsageFilters
+
     settings = Settings.from_env()
     now = datetime.now(UTC)
     filters = UsageFilters(
@@ -76,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _report(settings: Settings, filters: UsageFilters, group_by: str) -> dict[str, Any]:
+    from ..budgets import BudgetGuard
+    from ..db import create_engine, make_sessionmaker, upgrade_to_head
+    from ..prices import PriceBook
+    from ..reports import usage_report
+    from ..store import Database, Store
+    from ..workspace import WorkspaceLoader
+
     engine = create_engine(settings.db_url)
     try:
         await upgrade_to_head(engine)  # as the gateway does at start; a no-op when it already ran
