@@ -19,6 +19,7 @@ from tests.fake_anthropic import FakeAnthropic, Reply
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "one two three four five six"
+WAIT_S = 30  # generous bounds: these waits end as soon as their event happens, and the suite may share the CPU
 
 
 def _free_port() -> int:
@@ -43,6 +44,7 @@ class Served:
         self.env.pop("AGENTSPACE_DB_URL", None)
         self.env.pop("AGENTSPACE_TOKEN", None)
         self.proc: asyncio.subprocess.Process | None = None
+        self.log = (home.parent / "serve.log").open("ab")
 
     @property
     def url(self) -> str:
@@ -55,9 +57,9 @@ class Served:
             env=self.env,
             cwd=REPO,
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=self.log,  # kept in tmp_path: the first place to look when this test fails
         )
-        async with asyncio.timeout(20):  # it answers once migrations ran, about a second
+        async with asyncio.timeout(60):  # a second or two; far more on a busy machine
             while True:
                 try:
                     async with http.get(f"{self.url}/healthz") as response:
@@ -71,6 +73,7 @@ class Served:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+        self.log.close()
 
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.home / "gateway.db")
@@ -78,7 +81,7 @@ class Served:
 
 async def _until(predicate: Callable[[], bool]) -> None:
     """The subprocess writes on its own schedule; look until it has (bounded)."""
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(WAIT_S):
         while not predicate():  # noqa: ASYNC110 - another process's database write has no event to wait on
             await asyncio.sleep(0.02)
 
@@ -87,7 +90,7 @@ async def _stream_until_held(ws: aiohttp.ClientWebSocketResponse, deltas: int, *
     await ws.send_json({"type": "chat.send", "id": "t1", "content": "tell me a long story", **fields})
     frames: list[dict[str, Any]] = []
     while len([f for f in frames if f["type"] == "chat.stream.delta"]) < deltas:
-        frames.append(await ws.receive_json(timeout=10))
+        frames.append(await ws.receive_json(timeout=WAIT_S))
     return frames
 
 
@@ -95,6 +98,7 @@ async def test_kill_9_mid_stream_restart_then_sigterm_mid_stream(tmp_path: Path,
     """One story, two process starts (each costs seconds): crash, recover, then stop cleanly in the middle of a
     stream."""
     served = Served(tmp_path / "home", fake)
+    fake.wait_timeout = WAIT_S
     fake.queue(Reply(text=TEXT, thinking=None, hold_after_deltas=3))
     async with aiohttp.ClientSession() as http:
         try:
@@ -118,7 +122,7 @@ async def test_kill_9_mid_stream_restart_then_sigterm_mid_stream(tmp_path: Path,
             await served.start(http)  # the same home: recovery runs at start-up
             async with http.ws_connect(f"{served.url}/gateway") as ws:
                 await ws.send_json({"type": "session.history", "sessionId": session_id})
-                history = await ws.receive_json(timeout=10)
+                history = await ws.receive_json(timeout=WAIT_S)
                 user, reply = history["messages"]
                 assert (user["role"], user["text"], user["status"]) == ("user", "tell me a long story", "complete")
                 assert (reply["status"], reply["text"]) == ("interrupted", "one two three ")
@@ -133,12 +137,12 @@ async def test_kill_9_mid_stream_restart_then_sigterm_mid_stream(tmp_path: Path,
                 # SIGTERM now: the stream gets its one terminal frame, then the socket closes with 1001.
                 assert served.proc is not None
                 served.proc.send_signal(signal.SIGTERM)
-                end = await ws.receive_json(timeout=10)
+                end = await ws.receive_json(timeout=WAIT_S)
                 assert end["type"] == "chat.stream.end", end
                 assert (end["stopReason"], end["status"]) == ("interrupted", "interrupted")
-                closing = await ws.receive(timeout=10)
+                closing = await ws.receive(timeout=WAIT_S)
                 assert closing.type == WSMsgType.CLOSE and ws.close_code == WSCloseCode.GOING_AWAY
-            assert await asyncio.wait_for(served.proc.wait(), timeout=10) == 0
+            assert await asyncio.wait_for(served.proc.wait(), timeout=WAIT_S) == 0
             assert await fake.wait_stream_closed() is True  # and the upstream request was stopped, not abandoned
         finally:
             await served.stop()
