@@ -71,6 +71,14 @@ async def test_every_token_type_in_end_frame_and_row(
     rates = ("rate_input", "rate_output", "rate_cache_write_5m", "rate_cache_write_1h", "rate_cache_read")
     assert [row[k] for k in rates] == [2000, 10_000, 2500, 4000, 100]
     assert row["price_source"].startswith("builtin") and row["price_tier"] is None
+    # docs/SQL.md's audit query: every priced row's cost follows from its own tokens and rates.
+    audit = await sql_rows(
+        settings.db_url,
+        "SELECT COUNT(*) AS wrong FROM usage_records WHERE total_cost IS NOT NULL AND total_cost <>"
+        " input_tokens * rate_input + output_tokens * rate_output + cache_write_5m_tokens * rate_cache_write_5m"
+        " + cache_write_1h_tokens * rate_cache_write_1h + cache_read_tokens * rate_cache_read",
+    )
+    assert audit == [{"wrong": 0}]
 
 
 async def test_tier_switch_applies_to_the_whole_request(
