@@ -25,6 +25,7 @@ from .handlers import (
 )
 from .locks import LocalSessionLocks, SessionLocks
 from .metrics import Metrics
+from .recovery import recover_orphans
 from .services import Services
 from .settings import Settings
 from .store import Database, Store
@@ -56,11 +57,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         database = Database(engine, make_sessionmaker(engine))
         store = Store(database)
         locks = await _make_locks(settings, database)
-        if database.dialect == "sqlite":
-            # One process owns a SQLite file, so any reply still `streaming` now was cut off by a crash.
-            recovered = await store.chats.recover_interrupted()
-            if recovered:
-                log.warning("marked %d replies interrupted by an earlier crash", recovered)
+        recovered = await recover_orphans(store, locks)
+        if recovered:
+            log.warning("marked %d replies interrupted by a process that died while streaming them", recovered)
         services = Services.build(settings, store, locks, metrics=app[METRICS])
         upstream = services.upstream
         app[SERVICES] = services

@@ -12,6 +12,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 
@@ -19,6 +21,11 @@ log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same in every gateway process sharing one PostgreSQL database.
 MIGRATION_LOCK_KEY = 0x4147_5357  # "AGSW"
+# asyncpg waits 60 s for a server by default; during an outage a client should hear DATABASE_UNAVAILABLE sooner.
+PG_CONNECT_TIMEOUT_S = 5.0
+# SQLSTATE classes that mean "the server or the link to it is gone", not "this statement is wrong":
+# 08 connection exception, 57P01-57P03 admin/crash shutdown and "cannot connect now" (starting up, shutting down).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")  # 53300: too many connections
 
 
 def migrations_dir() -> Path:
@@ -62,6 +69,43 @@ def create_engine(db_url: str, *, pool_size: int = 5, max_overflow: int = 5) -> 
         pool_pre_ping=True,
         pool_recycle=1800,
         json_deserializer=json_loads,
+        # A request waiting this long for a pooled connection gets DATABASE_UNAVAILABLE rather than hanging.
+        pool_timeout=10,
+        connect_args={"timeout": PG_CONNECT_TIMEOUT_S, "server_settings": {"application_name": "agentspace"}},
+    )
+
+
+def is_connectivity_error(exc: BaseException) -> bool:
+    """True when the database could not be reached or dropped us: worth retrying later, not a bug in the SQL."""
+    if isinstance(exc, (OSError, SATimeoutError)):  # refused, reset, connect timeout; pool checkout timeout
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        if isinstance(exc.orig, OSError):
+            return True
+    return _sounds_unreachable(exc)
+
+
+def _sounds_unreachable(exc: BaseException) -> bool:
+    # Drivers do not all carry a SQLSTATE for a closed socket (asyncpg: "connection is closed"), nor SQLite for
+    # a locked file.
+    text = str(exc).lower()
+    return any(
+        s in text
+        for s in (
+            "connection is closed",
+            "connection was closed",
+            "connection refused",
+            "could not connect",
+            "server closed",
+            "database is locked",
+            "cannot connect now",
+            "the database system is",
+        )
     )
 
 

@@ -89,14 +89,20 @@ class Turn:
         model: str = req.get("model") or workspace.model or s.settings.default_model
         max_tokens: int = req.get("maxTokens") or workspace.max_tokens or s.settings.default_max_tokens
         history = await s.store.chats.load_history(session.id) if session is not None else []
+        await self._recover_orphans(history)
         assembled = assemble(workspace, history, pending=req.get("content"), model=model, max_tokens=max_tokens)
         estimate = estimate_input_tokens(assembled, s.tokens)
         await self._check_window(model, estimate)
         s.upstream.client()  # MISSING_API_KEY before anything is written
         self._budget = await s.budgets.reserve(workspace, model, estimate, max_tokens)  # BUDGET_EXCEEDED, ditto
+        if session is None:
+            # Locked before its rows exist, so no other process's start-up recovery takes its reply for an orphan.
+            new_session_id = new_id()
+            self._lease = await s.locks.acquire(new_session_id)
         try:
             rows = await s.store.chats.begin_turn(
-                session_id=self.session_id,
+                session_id=session.id if session is not None else new_session_id,
+                create=session is None,
                 agent_id=agent_id,
                 model=model,
                 content=req.get("content"),
@@ -109,6 +115,13 @@ class Turn:
             raise
         self.session_id = rows.session.id
         await self._stream(rows, assembled, estimate)
+
+    async def _recover_orphans(self, history: list[Message]) -> None:
+        """We hold the session's lock, so a reply in it still `streaming` was left by a process that died."""
+        orphans = [m.id for m in history if m.status == "streaming"]
+        if orphans:
+            recovered = await self.s.store.chats.recover_interrupted(message_ids=orphans)
+            log.warning("session %s: marked %d replies of a dead process interrupted", self.session_id, recovered)
 
     async def _check_window(self, model: str, estimate: int) -> None:
         window = self.s.prices.context_window(model)
@@ -133,7 +146,6 @@ class Turn:
 
     async def _announce(self, rows: TurnRows, model: str) -> None:
         if rows.session_created:
-            self._lease = await self.s.locks.acquire(rows.session.id)
             await self.send(
                 {
                     "type": "session.created",

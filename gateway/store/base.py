@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 
+from ..db import is_connectivity_error
 from ..errors import DatabaseUnavailable
 
 
@@ -26,8 +28,8 @@ class Database:
         try:
             async with self.sessionmaker() as db:
                 yield db
-        except (OperationalError, DBAPIError, OSError) as exc:
-            if _is_connectivity(exc):
+        except (DBAPIError, SATimeoutError, OSError) as exc:
+            if is_connectivity_error(exc):
                 raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
             raise
 
@@ -40,16 +42,7 @@ class Database:
             else:
                 async with self._write_lock, self.sessionmaker() as db, db.begin():
                     yield db
-        except (OperationalError, DBAPIError, OSError) as exc:
-            if _is_connectivity(exc):
+        except (DBAPIError, SATimeoutError, OSError) as exc:
+            if is_connectivity_error(exc):
                 raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
             raise
-
-
-def _is_connectivity(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    text = str(exc).lower()
-    return any(s in text for s in ("connection", "could not connect", "database is locked", "server closed"))

@@ -9,7 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import String, cast, delete, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 
 from ..errors import DuplicateRequest, InvalidMessage, SessionNotFound
 from ..models import ChatSession, Message, TokenCalibration, UsageRecord, utcnow
@@ -103,15 +106,17 @@ class ChatStore:
     async def begin_turn(
         self,
         *,
-        session_id: str | None,
+        session_id: str,
+        create: bool,
         agent_id: str,
         model: str,
         content: str,
         idempotency_key: str | None,
     ) -> TurnRows:
-        """One transaction: the session (if new), the user turn, and an empty `streaming` reply to fill in."""
+        """One transaction: the session (if `create`, with the id given), the user turn, and an empty `streaming`
+        reply to fill in."""
         try:
-            return await self._begin_turn(session_id, agent_id, model, content, idempotency_key)
+            return await self._begin_turn(session_id, create, agent_id, model, content, idempotency_key)
         except IntegrityError as exc:
             # The unique index on idempotency_key settles two sends with one key racing past the duplicate check.
             if idempotency_key is not None and await self.find_by_idempotency_key(idempotency_key) is not None:
@@ -119,14 +124,14 @@ class ChatStore:
             raise
 
     async def _begin_turn(
-        self, session_id: str | None, agent_id: str, model: str, content: str, idempotency_key: str | None
+        self, session_id: str, create: bool, agent_id: str, model: str, content: str, idempotency_key: str | None
     ) -> TurnRows:
         now = utcnow()
         async with self._db.write() as db:
-            created = session_id is None
-            if session_id is None:
+            created = create
+            if create:
                 session = ChatSession(
-                    id=new_id(),
+                    id=session_id,
                     agent_id=agent_id,
                     title=make_title(content),
                     model=model,
@@ -249,6 +254,16 @@ class ChatStore:
             result = await db.execute(delete(ChatSession).where(ChatSession.id == session_id))
             return bool(getattr(result, "rowcount", 0))
 
+    async def streaming_replies(self) -> dict[str, list[str]]:
+        """Session id -> ids of its replies still marked `streaming` (live, or orphaned by a dead process)."""
+        query = select(Message.session_id, Message.id).where(Message.status == "streaming")
+        async with self._db.read() as db:
+            rows = (await db.execute(query)).all()
+        found: dict[str, list[str]] = {}
+        for session_id, message_id in rows:
+            found.setdefault(session_id, []).append(message_id)
+        return found
+
     async def recover_interrupted(self, message_ids: list[str] | None = None) -> int:
         """Replies left `streaming` by a process that died are marked `interrupted`, keeping checkpointed text."""
         query = update(Message).where(Message.status == "streaming")
@@ -263,17 +278,22 @@ class ChatStore:
             return await db.get(TokenCalibration, model)
 
 
-async def _add_calibration(db: Any, model: str, estimated: int, reported: int) -> None:
-    # Increment in SQL so concurrent writers (several processes on PostgreSQL) never lose a sample.
-    result = await db.execute(
-        update(TokenCalibration)
-        .where(TokenCalibration.model == model)
-        .values(
-            samples=TokenCalibration.samples + 1,
-            estimated_tokens=TokenCalibration.estimated_tokens + estimated,
-            reported_tokens=TokenCalibration.reported_tokens + reported,
-            updated_at=utcnow(),
-        )
+async def _add_calibration(db: DbSession, model: str, estimated: int, reported: int) -> None:
+    # One atomic upsert, incremented in SQL: processes finishing turns of one model at once neither lose a sample
+    # nor collide on the first insert (UPDATE-then-INSERT would, on PostgreSQL).
+    dialect = db.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    now = utcnow()
+    stmt = insert(TokenCalibration).values(
+        model=model, samples=1, estimated_tokens=estimated, reported_tokens=reported, updated_at=now
     )
-    if not result.rowcount:
-        db.add(TokenCalibration(model=model, samples=1, estimated_tokens=estimated, reported_tokens=reported))
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[TokenCalibration.model],
+        set_={
+            "samples": TokenCalibration.samples + 1,
+            "estimated_tokens": TokenCalibration.estimated_tokens + estimated,
+            "reported_tokens": TokenCalibration.reported_tokens + reported,
+            "updated_at": now,
+        },
+    )
+    await db.execute(stmt)
