@@ -126,10 +126,12 @@ class Connection:
         await self.send({"type": "auth.ok", "id": request.id})
 
     def _start_turn(self, request: Request) -> None:
-        if self.turn_task is not None and not self.turn_task.done():
+        # Busy until the terminal frame is sent, not until the task returns: the client may answer that frame
+        # before the task has finished returning.
+        if self.turn is not None and not self.turn.over and self.turn_task is not None and not self.turn_task.done():
             raise errors.StreamInProgress(
                 "a reply is already streaming on this connection; wait for it or send chat.cancel",
-                sessionId=self.turn.session_id if self.turn else None,
+                sessionId=self.turn.session_id,
             )
         self.turn = Turn(self.s, request, self.send, self.send_raw)
         self.turn_task = asyncio.create_task(self.turn.run(), name=f"turn-{request.id}")
@@ -143,6 +145,7 @@ class Connection:
             turn is None
             or task is None
             or task.done()
+            or turn.over
             or (turn.session_id is not None and turn.session_id != session_id)
             or (send_id is not None and send_id != turn.rid)
         ):

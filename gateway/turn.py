@@ -47,6 +47,7 @@ class Turn:
         self._lease: SessionLease | None = None
         self._budget: Reservation | None = None
         self.obs = services.metrics.turn(request.id, request.get("content"))
+        self.over = False  # the terminal frame is on its way: this connection may start its next turn
 
     @property
     def rid(self) -> RequestId:
@@ -57,20 +58,32 @@ class Turn:
             await self._run()
         except errors.GatewayError as exc:
             self.obs.rejected(exc.code)
-            await self.send(_error(exc, self.rid, sessionId=self.session_id))
+            await self._end(_error(exc, self.rid, sessionId=self.session_id))
         except asyncio.CancelledError:
             self.obs.rejected(errors.Cancelled.code)
             # Cancelled before anything was persisted: nothing to save, but the client still gets its terminal frame.
-            await self.send(_error(errors.Cancelled("the request was cancelled"), self.rid, sessionId=self.session_id))
+            await self._end(_error(errors.Cancelled("the request was cancelled"), self.rid, sessionId=self.session_id))
         except Exception as exc:
             log.exception("turn failed unexpectedly")
             self.obs.rejected(errors.InternalError.code)
-            await self.send(_error(errors.InternalError(f"internal error: {type(exc).__name__}"), self.rid))
+            await self._end(_error(errors.InternalError(f"internal error: {type(exc).__name__}"), self.rid))
         finally:
-            if self._budget is not None:
-                self._budget.release()  # after _finish: the usage row now counts instead
-            if self._lease is not None:
-                await self._lease.release()
+            await self._release()
+
+    async def _end(self, frame: dict[str, Any]) -> None:
+        """Send the terminal frame, releasing the session first: the client may send its next message, through this
+        process or another, the moment it reads this frame (with PostgreSQL the release is a round trip)."""
+        await self._release()
+        self.over = True
+        await self.send(frame)
+
+    async def _release(self) -> None:
+        budget, self._budget = self._budget, None
+        if budget is not None:
+            budget.release()  # after _finish: the usage row now counts instead
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await lease.release()
 
     async def _run(self) -> None:
         s, req = self.s, self.request
@@ -141,7 +154,7 @@ class Turn:
         if found is None:
             return False
         user, reply = found
-        await self.send(duplicate_frame(self.rid, user, reply))
+        await self._end(duplicate_frame(self.rid, user, reply))
         return True
 
     async def _announce(self, rows: TurnRows, model: str) -> None:
@@ -311,7 +324,7 @@ class Turn:
             error_code=failure.code if failure else None,
         )
         if failure is not None:
-            await self.send(
+            await self._end(
                 _error(
                     failure,
                     self.rid,
@@ -321,7 +334,7 @@ class Turn:
                 )
             )
             return
-        await self.send(end_frame(self.rid, rows, stop_reason, priced, duration_ms, status))
+        await self._end(end_frame(self.rid, rows, stop_reason, priced, duration_ms, status))
 
 
 def _uncancel() -> None:

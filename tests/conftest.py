@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.databases import create_database, drop_database, reset_database, run_in_thread
 from tests.fake_anthropic import FakeAnthropic
 
 RECV_TIMEOUT_S = 10.0
@@ -39,9 +40,48 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
     await server.close()
 
 
+PG_SKIP_REASON = "PostgreSQL leg not run: AGENTSPACE_TEST_PG_URL is not set (.ci/run starts PostgreSQL and sets it)"
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str | None]:
+    """One migrated PostgreSQL database for the whole run, emptied before each test that uses it."""
+    admin = pg_url()
+    if admin is None:
+        yield None
+        return
+    url = run_in_thread(create_database(admin))
+    yield url
+    run_in_thread(drop_database(admin, url))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One visible line (also under -q) when the PostgreSQL leg did not run, instead of one per skipped test."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if PG_SKIP_REASON in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} tests skipped. {PG_SKIP_REASON}", yellow=True, bold=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_database: str | None) -> str:
+    """Every test that touches the database runs twice: on a SQLite file, and on PostgreSQL when it is available."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    if pg_database is None:
+        pytest.skip(PG_SKIP_REASON)
+    await reset_database(pg_database)
+    return pg_database
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+async def fresh_pg_url() -> AsyncIterator[str]:
+    """A brand-new, empty (unmigrated) PostgreSQL database of its own, for tests of start-up and copying."""
+    admin = pg_url()
+    if admin is None:
+        pytest.skip(PG_SKIP_REASON)
+    url = await create_database(admin, migrate=False)
+    yield url
+    await drop_database(admin, url)
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from aiohttp import ClientWebSocketResponse
 
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, deltas, recv, request, send
+from tests.databases import rows, scalar
 from tests.fake_anthropic import FakeAnthropic, Reply
 
 
@@ -77,7 +77,7 @@ async def test_model_and_max_tokens_are_passed(ws: ClientWebSocketResponse, fake
     assert fake.requests[-1].body["max_tokens"] == 123
 
 
-async def test_session_list_history_and_delete(ws: ClientWebSocketResponse, tmp_path: Path) -> None:
+async def test_session_list_history_and_delete(ws: ClientWebSocketResponse, db_url: str) -> None:
     a = (await chat(ws, "first session title"))[0]["sessionId"]
     b = (await chat(ws, "second"))[0]["sessionId"]
     await chat(ws, "again", sessionId=a)
@@ -101,9 +101,8 @@ async def test_session_list_history_and_delete(ws: ClientWebSocketResponse, tmp_
     missing = await request(ws, {"type": "session.history", "sessionId": a})
     assert missing["code"] == "SESSION_NOT_FOUND"
     # Usage outlives the session: accounting must not change when history is deleted.
-    db = sqlite3.connect(tmp_path / "gateway.db")
-    assert db.execute("select count(*) from usage_records where session_id = ?", (a,)).fetchone()[0] == 2
-    assert db.execute("select count(*) from messages where session_id = ?", (a,)).fetchone()[0] == 0
+    assert await scalar(db_url, "select count(*) from usage_records where session_id = :s", s=a) == 2
+    assert await scalar(db_url, "select count(*) from messages where session_id = :s", s=a) == 0
 
 
 async def test_unknown_session_is_refused_without_upstream_call(
@@ -144,7 +143,7 @@ async def test_restart_keeps_sessions_history_and_usage(
     await ws2.close()
 
 
-async def test_usage_report_matches_sql_view(ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path) -> None:
+async def test_usage_report_matches_sql_view(ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str) -> None:
     fake.queue(Reply(input_tokens=100, output_tokens=10), Reply(input_tokens=200, output_tokens=20))
     await chat(ws, "one")
     await chat(ws, "two")
@@ -153,12 +152,11 @@ async def test_usage_report_matches_sql_view(ws: ClientWebSocketResponse, fake: 
     model = report["perModel"]["claude-sonnet-5-5"]
     assert model["inputTokens"] == 300 and model["outputTokens"] == 30 and model["requestCount"] == 2
     assert report["grandTotal"]["totalCost"] == model["totalCost"]
-    db = sqlite3.connect(tmp_path / "gateway.db")
-    row = db.execute(
-        "select model, request_count, input_tokens, output_tokens, total_cost_usd from usage_by_model"
-    ).fetchone()
+    view = "select model, request_count, input_tokens, output_tokens, total_cost_usd from usage_by_model"
+    [row] = await rows(db_url, view)
     assert row[:4] == ("claude-sonnet-5-5", 2, 300, 30)
-    assert abs(row[4] - model["totalCost"]) < 1e-12
+    # A float on SQLite, an exact NUMERIC on PostgreSQL (integer nano-USD divided by 1e9).
+    assert abs(float(row[4]) - model["totalCost"]) < 1e-12
 
 
 async def test_unknown_model_is_recorded_unpriced(ws: ClientWebSocketResponse, fake: FakeAnthropic) -> None:
