@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse
@@ -14,6 +12,7 @@ from gateway.connection import Connection
 from gateway.handlers import CONNECTIONS
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, deltas, recv, request, send
+from tests.databases import rows
 from tests.fake_anthropic import FakeAnthropic, Reply
 
 Factory = Callable[[Settings], Awaitable[Gateway]]
@@ -31,12 +30,13 @@ async def _start_held(ws: ClientWebSocketResponse, fake: FakeAnthropic, after: i
     return frames
 
 
-def _db(tmp_path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(tmp_path / "gateway.db")
+async def _one(db_url: str, sql: str) -> tuple[Any, ...]:
+    [row] = await rows(db_url, sql)
+    return row
 
 
 async def test_cancel_stops_upstream_and_keeps_the_partial_reply(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str
 ) -> None:
     frames = await _start_held(ws, fake)
     session_id = frames[0]["sessionId"]
@@ -52,7 +52,7 @@ async def test_cancel_stops_upstream_and_keeps_the_partial_reply(
     reply = history["messages"][1]
     assert reply["status"] == "cancelled" and reply["stopReason"] == "cancelled"
     assert reply["text"] == "one two three " == deltas(frames)
-    row = _db(tmp_path).execute("select status, input_tokens from usage_records").fetchone()
+    row = await _one(db_url, "select status, input_tokens from usage_records")
     assert row[0] == "cancelled" and row[1] > 0
     # Exactly one terminal frame: the next answer is for the next request.
     assert (await request(ws, {"type": "ping", "id": "p"}))["type"] == "pong"
@@ -90,7 +90,7 @@ def _connection_of(gateway: Gateway) -> Connection:
 
 
 async def test_client_gone_cancels_upstream_saves_partial_and_frees_the_session(
-    gateway: Gateway, fake: FakeAnthropic, tmp_path: Path
+    gateway: Gateway, fake: FakeAnthropic, db_url: str
 ) -> None:
     ws = await gateway.ws()
     frames = await _start_held(ws, fake)
@@ -100,20 +100,19 @@ async def test_client_gone_cancels_upstream_saves_partial_and_frees_the_session(
     await ws.close()
     assert await fake.wait_stream_closed() is True
     await asyncio.wait_for(asyncio.shield(turn), 5)  # the turn is over: reply saved, session lease released
-    db = _db(tmp_path)
-    assert db.execute("select status, stop_reason, text from messages where role = 'assistant'").fetchone() == (
+    assert await _one(db_url, "select status, stop_reason, text from messages where role = 'assistant'") == (
         "disconnected",
         "disconnected",
         "one two three ",
     )
-    assert db.execute("select status from usage_records").fetchone() == ("disconnected",)
+    assert await _one(db_url, "select status from usage_records") == ("disconnected",)
     other = await gateway.ws()
     assert (await chat(other, "still there?", sessionId=session_id))[-1]["type"] == "chat.stream.end"
     await other.close()
 
 
 async def test_client_gone_with_finish_lets_the_reply_complete(
-    gateway_factory: Factory, settings: Settings, fake: FakeAnthropic, tmp_path: Path
+    gateway_factory: Factory, settings: Settings, fake: FakeAnthropic, db_url: str
 ) -> None:
     gateway = await gateway_factory(settings.with_overrides(on_disconnect="finish"))
     ws = await gateway.ws()
@@ -124,9 +123,9 @@ async def test_client_gone_with_finish_lets_the_reply_complete(
     fake.release()
     assert await fake.wait_stream_closed() is False  # upstream ran to its end
     await asyncio.wait_for(asyncio.shield(turn), 5)
-    row = _db(tmp_path).execute("select status, text from messages where role = 'assistant'").fetchone()
+    row = await _one(db_url, "select status, text from messages where role = 'assistant'")
     assert row == ("complete", TEXT)
-    assert _db(tmp_path).execute("select status from usage_records").fetchone() == ("complete",)
+    assert await _one(db_url, "select status from usage_records") == ("complete",)
 
 
 async def test_cancel_before_the_first_token(ws: ClientWebSocketResponse, fake: FakeAnthropic) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from gateway.store import HistoryItem
 from gateway.tokens import TokenCounter, compact_json
 from gateway.workspace import MAX_MEMORY_BYTES, MAX_SYSTEM_BYTES, MAX_TOOLS_BYTES, WorkspaceLoader
 from tests.conftest import chat, request
+from tests.databases import rows
 from tests.fake_anthropic import FakeAnthropic, Reply
 
 SECTIONS = ["system_prompt", "memory", "skills", "tools", "history"]
@@ -79,14 +79,6 @@ def by_name(frame: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in frame["sections"]}
 
 
-@pytest.fixture
-def db_path(settings: Settings) -> Path:
-    return Path(settings.db_url.removeprefix("sqlite+aiosqlite:///"))
-
-
-def rows(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute(sql).fetchall()
 
 
 # 1. One assembler: the inspected sections are the request that reached the upstream.
@@ -177,7 +169,7 @@ async def test_default_agent_sections_totals_and_cost(ws: ClientWebSocketRespons
 
 
 async def test_draft_is_a_pending_turn_and_nothing_is_stored(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str
 ) -> None:
     session_id = await new_session(ws, "hi")
     upstream_calls = len(fake.requests)
@@ -191,7 +183,7 @@ async def test_draft_is_a_pending_turn_and_nothing_is_stored(
     assert blank["sections"] == without["sections"]
     # Inspecting is read-only: no upstream call, no rows.
     assert len(fake.requests) == upstream_calls
-    assert rows(db_path, "select count(*) from messages") == [(2,)]
+    assert await rows(db_url, "select count(*) from messages") == [(2,)]
 
 
 async def test_inspect_unknown_session(ws: ClientWebSocketResponse) -> None:
@@ -264,7 +256,7 @@ async def test_oversized_files_are_truncated_and_the_inspector_says_so(
 
 
 async def test_unknown_agent_is_refused_and_nothing_is_written(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str
 ) -> None:
     frames = await chat(ws, "hi", agentId="nobody")
     assert [f["type"] for f in frames] == ["error"]
@@ -272,8 +264,8 @@ async def test_unknown_agent_is_refused_and_nothing_is_written(
     assert fake.requests == []
     listed = await request(ws, {"type": "session.list", "id": "s1", "agentId": "nobody"})
     assert (listed["type"], listed["code"]) == ("error", "AGENT_NOT_FOUND")
-    assert rows(db_path, "select count(*) from sessions") == [(0,)]
-    assert rows(db_path, "select count(*) from messages") == [(0,)]
+    assert await rows(db_url, "select count(*) from sessions") == [(0,)]
+    assert await rows(db_url, "select count(*) from messages") == [(0,)]
     # `default` exists without a folder.
     listed = await request(ws, {"type": "session.list", "id": "s2", "agentId": "default"})
     assert listed["type"] == "session.list.result"
@@ -345,7 +337,7 @@ async def test_exact_count_without_a_key(
 
 
 async def test_calibration_follows_reported_usage(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str
 ) -> None:
     fake.queue(Reply(status=400))  # a failed turn creates the session but reports no usage
     frames = await chat(ws, "hi")
@@ -358,10 +350,10 @@ async def test_calibration_follows_reported_usage(
     fake.queue(Reply(text="ok", input_tokens=500, cache_read=100))
     assert (await chat(ws, "next", sessionId=session_id))[-1]["type"] == "chat.stream.end"
     # The estimate the send recorded is the one the inspector showed for the same draft.
-    assert rows(db_path, "select estimated_input_tokens, input_tokens + cache_read_tokens from usage_records") == [
+    assert await rows(db_url, "select estimated_input_tokens, input_tokens + cache_read_tokens from usage_records") == [
         (estimate, 600)
     ]
-    assert rows(db_path, "select model, samples, estimated_tokens, reported_tokens from token_calibration") == [
+    assert await rows(db_url, "select model, samples, estimated_tokens, reported_tokens from token_calibration") == [
         ("claude-sonnet-5-5", 1, estimate, 600)
     ]
     after = await inspect(ws, session_id)
@@ -431,11 +423,11 @@ async def test_unknown_model_has_no_window_or_price(ws: ClientWebSocketResponse)
 
 
 async def test_send_over_the_window_is_refused_before_anything_happens(
-    tiny_ws: ClientWebSocketResponse, fake: FakeAnthropic, db_path: Path
+    tiny_ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str
 ) -> None:
     session_id = await new_session(tiny_ws, "hi", model="tiny-model")
-    snapshot = rows(db_path, "select id, updated_at, message_count from sessions")
-    messages = rows(db_path, "select id, status from messages order by seq")
+    snapshot = await rows(db_url, "select id, updated_at, message_count from sessions")
+    messages = await rows(db_url, "select id, status from messages order by seq")
     calls = len(fake.requests)
     too_big = "word " * 2000
 
@@ -448,9 +440,9 @@ async def test_send_over_the_window_is_refused_before_anything_happens(
     assert [(f["type"], f["code"]) for f in frames] == [("error", "CONTEXT_TOO_LARGE")]
 
     assert len(fake.requests) == calls  # no upstream call
-    assert rows(db_path, "select id, updated_at, message_count from sessions") == snapshot  # no session created
-    assert rows(db_path, "select id, status from messages order by seq") == messages  # nothing half-written
-    assert rows(db_path, "select count(*) from usage_records") == [(1,)]
+    assert await rows(db_url, "select id, updated_at, message_count from sessions") == snapshot  # no session created
+    assert await rows(db_url, "select id, status from messages order by seq") == messages  # nothing half-written
+    assert await rows(db_url, "select count(*) from usage_records") == [(1,)]
     # The same text fits a model with a large window.
     assert (await chat(tiny_ws, too_big, sessionId=session_id))[-1]["type"] == "chat.stream.end"
 
