@@ -19,9 +19,6 @@ from gateway.db import create_engine, upgrade_to_head
 
 T = TypeVar("T")
 
-# Every table the gateway writes; emptied between tests that share the session's PostgreSQL database.
-TABLES = ("messages", "sessions", "usage_records", "token_calibration")
-
 
 def _dsn(url: str) -> str:
     """The SQLAlchemy URL as plain asyncpg takes it."""
@@ -66,7 +63,11 @@ async def reset_database(url: str) -> None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-        await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+        # Every table but alembic's, so tables added by later migrations are emptied too.
+        tables = await conn.fetch(
+            "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        )
+        await conn.execute(f"TRUNCATE {', '.join(t[0] for t in tables)}")
     finally:
         await conn.close()
 

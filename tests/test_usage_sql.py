@@ -271,11 +271,11 @@ async def test_views_are_readable_and_in_usd(gateway: Gateway, settings: Setting
             ("input_cost_usd", want["input_cost"]),
             ("saved_cost_usd", want["uncached_cost"] - want["total_cost"]),
         ):
-            assert abs(float(view[column]) - nano / 1e9) < 1e-12, column
+            assert abs(float(view[column]) - int(nano) / 1e9) < 1e-12, column  # SUM is NUMERIC on PostgreSQL
     days = await sql_rows(db, "SELECT day, model, request_count, total_cost_usd FROM usage_by_day ORDER BY day, model")
     assert sum(d["request_count"] for d in days) == 300
     assert len({str(d["day"]) for d in days}) == DAYS
     sessions = await sql_rows(db, "SELECT * FROM usage_by_session WHERE session_id = 'session-2'")
     raw_session = await sql_rows(db, f"SELECT {SUMS} FROM usage_records WHERE session_id = 'session-2'")
     assert sum(s["request_count"] for s in sessions) == raw_session[0]["request_count"]
-    assert abs(sum(float(s["total_cost_usd"]) for s in sessions) - raw_session[0]["total_cost"] / 1e9) < 1e-12
+    assert abs(sum(float(s["total_cost_usd"]) for s in sessions) - int(raw_session[0]["total_cost"]) / 1e9) < 1e-12
