@@ -65,7 +65,8 @@ async def reset_database(url: str) -> None:
         )
         # Every table but alembic's, so tables added by later migrations are emptied too.
         tables = await conn.fetch(
-            "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            "SELECT quote_ident(tablename) FROM pg_tables"
+            " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
         )
         await conn.execute(f"TRUNCATE {', '.join(t[0] for t in tables)}")
     finally:
