@@ -22,7 +22,7 @@ from .locks import SessionLease
 from .models import ChatSession, Message, UsageRecord, utcnow
 from .protocol import Request, RequestId
 from .services import Services
-from .store import TurnRows
+from .store import HistoryItem, TurnRows
 from .store.chats import new_id
 from .turn_frames import duplicate_frame, end_frame, usage_record
 from .upstream import Reply, map_error, retry_after_s
@@ -129,7 +129,7 @@ class Turn:
         self.session_id = rows.session.id
         await self._stream(rows, assembled, estimate)
 
-    async def _recover_orphans(self, history: list[Message]) -> None:
+    async def _recover_orphans(self, history: list[HistoryItem]) -> None:
         """We hold the session's lock, so a reply in it still `streaming` was left by a process that died."""
         orphans = [m.id for m in history if m.status == "streaming"]
         if orphans:

@@ -43,6 +43,8 @@ class HistoryItem:
     role: str
     content: list[dict[str, Any]]
     version: str  # changes whenever the message does (its updated_at as text; parsing 1,000 dates costs ~5 ms)
+    # A reply still `streaming` while its session's lock is free was left by a process that died.
+    status: str = "complete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +87,7 @@ class ChatStore:
     async def load_history(self, session_id: str) -> list[HistoryItem]:
         """Every message of the session in order, for assembling the next request."""
         query = (
-            select(Message.id, Message.role, Message.content, cast(Message.updated_at, String))
+            select(Message.id, Message.role, Message.content, cast(Message.updated_at, String), Message.status)
             .where(Message.session_id == session_id)
             .order_by(Message.seq)
         )
