@@ -33,5 +33,6 @@ def setup_logging(log_format: str, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # The SDK and httpx2 log request details at INFO; keep them quiet unless debugging.
-    for noisy in ("anthropic", "httpx2", "httpx", "aiohttp.access"):
+    # alembic.runtime.plugins announces each of its plugins at INFO on every start.
+    for noisy in ("anthropic", "httpx2", "httpx", "aiohttp.access", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -133,3 +133,14 @@ def test_urls_people_type_are_accepted() -> None:
     assert normalize_url("http://localhost:3271/") == "ws://localhost:3271/gateway"
     assert normalize_url("https://gw.example") == "wss://gw.example/gateway"
     assert normalize_url("ws://h:1/gateway") == "ws://h:1/gateway"
+
+
+def test_every_gateway_error_code_has_a_client_family() -> None:
+    """A code added to gateway/errors.py must get its family here too, or clients would see it as a ServerError."""
+    from gateway import errors
+    from gateway.client_errors import FAMILIES
+
+    def codes(cls: type[errors.GatewayError]) -> set[str]:
+        return {cls.code}.union(*(codes(sub) for sub in cls.__subclasses__()))
+
+    assert codes(errors.GatewayError) <= set(FAMILIES)

@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import Any
 
-from ..client import GatewayClient, GatewayClientError
+from ..client import AuthError, GatewayClient, GatewayClientError
 from ..settings import Settings
 from . import chat_view as view
 from .chat_repl import ChatOptions, ChatRepl
@@ -59,7 +59,7 @@ async def _interactive(url: str, token: str | None, options: ChatOptions) -> int
         async with GatewayClient.connect(url, token) as gw:
             return await ChatRepl(gw, url, options).run()
     except GatewayClientError as exc:
-        print(f"agentspace: {exc}", file=sys.stderr)
+        _complain(exc)
         return 1
 
 
@@ -88,12 +88,19 @@ async def ask_once(url: str, token: str | None, message: str, options: ChatOptio
                 loop.remove_signal_handler(signal.SIGINT)
     except GatewayClientError as exc:
         _end_line(wrote)
-        print(f"agentspace: {exc}", file=sys.stderr)
+        _complain(exc)
         return 1
     _end_line(wrote)
     if stream.end is not None:
         print(view.stats_line(stream.end), file=sys.stderr)
     return 130 if interrupted else 0
+
+
+def _complain(exc: GatewayClientError) -> None:
+    print(f"agentspace: {exc}", file=sys.stderr)
+    if isinstance(exc, AuthError):
+        print("agentspace: this gateway needs its token: --token, AGENTSPACE_TOKEN or $AGENTSPACE_HOME/token",
+              file=sys.stderr)
 
 
 def _write(text: str) -> None:

@@ -75,6 +75,9 @@ class ChatRepl:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._armed = False  # one Ctrl-C at the prompt arms; a second one quits
         self._quit_after_reply = False
+        # Piped input (a script of lines) arrives all at once: keep its lines for after the reply instead of
+        # treating them as typed while it streams.
+        self._interactive_input = os.isatty(0)
         self._tasks: set[asyncio.Task[object]] = set()
 
     async def run(self) -> int:
@@ -124,10 +127,10 @@ class ChatRepl:
     def _on_line(self, line: str | None) -> None:
         if line is None:
             self._events.put_nowait(_EOF)
-            if self._streaming():
+            if self._streaming() and self._interactive_input:
                 self._quit_after_reply = True
             return
-        if not self._streaming():
+        if not self._streaming() or not self._interactive_input:
             self._events.put_nowait(line)
             return
         word = line.strip()

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             "the gateway token is shorter than %d characters; `agentspace token create` makes a strong one",
             MIN_TOKEN_CHARS,
         )
-    log.info("gateway on ws://%s:%d/gateway, database %s", settings.host, settings.port, _safe_url(settings.db_url))
+    log.info("gateway on ws://%s:%d/gateway (Control UI http://%s:%d/), database %s", settings.host, settings.port,
+             settings.host, settings.port, _safe_url(settings.db_url))
     # Imported here, not at the top: the server pulls in the SDK and SQLAlchemy (seconds), which `agentspace chat`
     # and the other small commands never need.
     from ..app import create_app
