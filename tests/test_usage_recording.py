@@ -315,3 +315,21 @@ async def test_idempotent_resend_never_double_counts(
     report = await request(other, {"type": "usage.query"})
     assert report["grandTotal"]["requestCount"] == 1 and report["grandTotal"]["inputTokens"] == 100
     await other.close()
+
+
+async def test_simultaneous_resends_make_one_upstream_request(
+    gateway: Gateway, fake: FakeAnthropic, settings: Settings
+) -> None:
+    fake.queue(Reply(text="only once", hold_after_deltas=1, input_tokens=100, output_tokens=10))
+    a, b = await gateway.ws(), await gateway.ws()
+    frame = {"type": "chat.send", "content": "count me once", "idempotencyKey": "race-1"}
+    await asyncio.gather(send(a, {**frame, "id": "a"}), send(b, {**frame, "id": "b"}))
+    await fake.wait_held()
+    fake.release()
+    ends = sorted(f[-1]["type"] for f in await asyncio.gather(collect(a), collect(b)))
+    # Whichever arrived second learns the first's state; neither double counts.
+    assert ends == ["chat.state", "chat.stream.end"]
+    assert len(fake.requests) == 1
+    assert len(await usage_rows(settings.db_url)) == 1
+    await a.close()
+    await b.close()
