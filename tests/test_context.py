@@ -17,6 +17,7 @@ from aiohttp import ClientWebSocketResponse
 
 from gateway.cli import main
 from gateway.context import MEMORY_HEADING, assemble
+from gateway.handlers import SERVICES
 from gateway.inspection import measure
 from gateway.settings import Settings
 from gateway.store import HistoryItem
@@ -532,3 +533,26 @@ def test_history_is_measured_once_per_message_version(tmp_path: Path) -> None:
     edited = history_size(history)
     assert edited[0] > first[0] and edited[1] > first[1]
     assert edited == (first[0] + len(", rewritten at much greater length"), edited[1])
+
+
+async def test_history_reads_follow_changes_made_by_another_process(
+    gateway_factory: Any, settings: Settings
+) -> None:
+    """Each gateway caches message contents by version; a change made through another one is still seen at once."""
+    here = (await gateway_factory(settings)).app[SERVICES].store.chats
+    there = (await gateway_factory(settings)).app[SERVICES].store.chats
+
+    def text(value: str) -> list[dict[str, Any]]:
+        return [{"type": "text", "text": value}]
+
+    rows = await here.begin_turn(session_id=None, agent_id="default", model="m", content="hi", idempotency_key=None)
+    session_id, reply_id = rows.session.id, rows.assistant_message.id
+    assert [m.content for m in await here.load_history(session_id)] == [text("hi"), []]
+    await there.checkpoint(reply_id, text("half"), "half")
+    assert [m.content for m in await here.load_history(session_id)] == [text("hi"), text("half")]
+    await there.finish_turn(message_id=reply_id, session_id=session_id, content=text("half and done"),
+                            text="half and done", status="complete", stop_reason="end_turn", error_code=None,
+                            usage=None)
+    assert [m.content for m in await here.load_history(session_id)] == [text("hi"), text("half and done")]
+    assert await there.delete_session(session_id)
+    assert await here.load_history(session_id) == []

@@ -1,7 +1,8 @@
 """All SQL lives here. Callers get plain results; no one else opens a DB session."""
 
 from .base import Database
-from .chats import ChatStore, HistoryItem, HistoryPage, SessionPage, TurnRows
+from .chats import ChatStore, HistoryPage, SessionPage, TurnRows
+from .history import HistoryItem
 from .usage import UsageFilters, UsageStore, UsageTotals
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, cast, delete, func, select, tuple_, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 from ..errors import DuplicateRequest, InvalidMessage, SessionNotFound
 from ..models import ChatSession, Message, TokenCalibration, UsageRecord, utcnow
 from .base import Database
+from .history import HistoryItem, HistoryLoader
 
 TITLE_CHARS = 80
 
@@ -33,18 +34,6 @@ class TurnRows:
 class SessionPage:
     sessions: list[ChatSession]
     next_cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryItem:
-    """A message as context assembly needs it: no ORM object, so a long session loads several times faster."""
-
-    id: str
-    role: str
-    content: list[dict[str, Any]]
-    version: str  # changes whenever the message does (its updated_at as text; parsing 1,000 dates costs ~5 ms)
-    # A reply still `streaming` while its session's lock is free was left by a process that died.
-    status: str = "complete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +68,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 class ChatStore:
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._history = HistoryLoader(database)
 
     async def get_session(self, session_id: str) -> ChatSession | None:
         async with self._db.read() as db:
@@ -86,13 +76,7 @@ class ChatStore:
 
     async def load_history(self, session_id: str) -> list[HistoryItem]:
         """Every message of the session in order, for assembling the next request."""
-        query = (
-            select(Message.id, Message.role, Message.content, cast(Message.updated_at, String), Message.status)
-            .where(Message.session_id == session_id)
-            .order_by(Message.seq)
-        )
-        async with self._db.read() as db:
-            return [HistoryItem(*row) for row in await db.execute(query)]
+        return await self._history.load(session_id)
 
     async def find_by_idempotency_key(self, key: str) -> tuple[Message, Message | None] | None:
         """The user message sent with this key and the reply that followed it."""
