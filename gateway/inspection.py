@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,10 +13,11 @@ from .accounting import nano_to_usd
 from .context import Assembled, Section
 from .models import TokenCalibration
 from .prices import PriceBook
-from .tokens import TokenCounter, utf8_len
+from .tokens import COUNTER_NAME, TokenCounter, utf8_len
 
 # The API wraps each request in a few tokens of its own (roles, separators); a small, honest fudge.
 REQUEST_OVERHEAD_TOKENS = 3
+YIELD_EVERY_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +27,7 @@ class Measured:
     token_estimate: int
 
 
-def section_size(section: Section, counter: TokenCounter) -> tuple[int, int]:
+async def section_size(section: Section, counter: TokenCounter) -> tuple[int, int]:
     """(UTF-8 bytes, estimated tokens) of the section as sent: text as is, `tools` and `history` as compact JSON."""
     content = section.content
     if not content:
@@ -31,24 +35,37 @@ def section_size(section: Section, counter: TokenCounter) -> tuple[int, int]:
     if isinstance(content, str):
         return utf8_len(content), counter.count(content)
     if section.item_keys:
-        # Turn by turn, each under its identity, so only new or changed turns are serialized and counted.
-        total_bytes = len(content) + 1  # "[", "]" and the commas between turns
-        total_tokens = 0
-        for turn, key in zip(content, section.item_keys, strict=True):
-            tokens, size = counter.measure_json(turn, key)
-            total_bytes += size
-            total_tokens += tokens
-        return total_bytes, total_tokens
+        return await _turns_size(content, section.item_keys, counter)
     tokens, size = counter.measure_json(content)
     return size, tokens
 
 
-def measure(assembled: Assembled, counter: TokenCounter) -> list[Measured]:
-    return [Measured(s, *section_size(s, counter)) for s in assembled.sections]
+async def _turns_size(turns: list[Any], keys: Sequence[Hashable | None], counter: TokenCounter) -> tuple[int, int]:
+    """Turn by turn, each under its identity, so only new or changed turns are serialized and counted.
+
+    Warm, that is a dictionary lookup per turn. Cold (a long session's first request after a restart) tiktoken
+    needs ~0.2 s per MB, so the loop is given back every few milliseconds and other connections' streams keep
+    flowing. (A worker thread was tried: it fought the loop for the GIL and stalled it longer.)
+    """
+    total_bytes = len(turns) + 1  # "[", "]" and the commas between turns
+    total_tokens = 0
+    deadline = time.perf_counter() + YIELD_EVERY_S
+    for turn, key in zip(turns, keys, strict=True):
+        tokens, size = counter.measure_json(turn, key)
+        total_bytes += size
+        total_tokens += tokens
+        if time.perf_counter() > deadline:
+            await asyncio.sleep(0)
+            deadline = time.perf_counter() + YIELD_EVERY_S
+    return total_bytes, total_tokens
 
 
-def estimate_input_tokens(assembled: Assembled, counter: TokenCounter) -> int:
-    return sum(m.token_estimate for m in measure(assembled, counter)) + REQUEST_OVERHEAD_TOKENS
+async def measure(assembled: Assembled, counter: TokenCounter) -> list[Measured]:
+    return [Measured(s, *await section_size(s, counter)) for s in assembled.sections]
+
+
+def estimate_input_tokens(measured: Sequence[Measured]) -> int:
+    return sum(m.token_estimate for m in measured) + REQUEST_OVERHEAD_TOKENS
 
 
 def calibration_ratio(row: TokenCalibration | None) -> float | None:
@@ -64,16 +81,14 @@ def calibrated(estimate: int, ratio: float | None) -> int:
 
 def inspection_body(
     assembled: Assembled,
-    counter: TokenCounter,
+    measured: Sequence[Measured],
     prices: PriceBook,
     *,
     at: datetime,
     ratio: float | None,
 ) -> dict[str, Any]:
     """Everything of the `context.inspection` frame that describes the request itself."""
-    measured = measure(assembled, counter)
-    estimate = sum(m.token_estimate for m in measured) + REQUEST_OVERHEAD_TOKENS
-    best = calibrated(estimate, ratio)
+    best = calibrated(estimate_input_tokens(measured), ratio)
     # The tier is chosen by the size of the whole prompt, as the bill will be; the best estimate picks it.
     rate = prices.input_rate(assembled.model, at, best)
     sections: list[dict[str, Any]] = []
@@ -106,7 +121,7 @@ def inspection_body(
             "tokenEstimate": total_tokens,
             "costEstimate": nano_to_usd(total_cost),
         },
-        "tokenCounter": counter.name,
+        "tokenCounter": COUNTER_NAME,
         "requestOverheadTokens": REQUEST_OVERHEAD_TOKENS,
         "calibratedTokenEstimate": None if ratio is None else best,
         "calibrationRatio": None if ratio is None else round(ratio, 4),

@@ -6,7 +6,7 @@ from typing import Any
 
 from . import errors
 from .context import assemble
-from .inspection import calibration_ratio, inspection_body
+from .inspection import calibration_ratio, inspection_body, measure
 from .models import ChatSession, Message, utcnow
 from .protocol import Request, parse_time
 from .reports import usage_report
@@ -114,7 +114,7 @@ async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
         "sessionId": session.id,
         "sessionKey": session_key(session),
         "agentId": session.agent_id,
-        **inspection_body(assembled, s.tokens, s.prices, at=utcnow(), ratio=ratio),
+        **inspection_body(assembled, await measure(assembled, s.tokens), s.prices, at=utcnow(), ratio=ratio),
         "problems": list(workspace.problems),
     }
     if req.get("exact"):

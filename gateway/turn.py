@@ -17,7 +17,7 @@ from .accounting import Priced
 from .budgets import Reservation
 from .checkpoints import Checkpointer
 from .context import Assembled, assemble
-from .inspection import calibrated, calibration_ratio, estimate_input_tokens
+from .inspection import calibrated, calibration_ratio, estimate_input_tokens, measure
 from .locks import SessionLease
 from .models import ChatSession, Message, UsageRecord, utcnow
 from .protocol import Request, RequestId
@@ -104,7 +104,7 @@ class Turn:
         history = await s.store.chats.load_history(session.id) if session is not None else []
         await self._recover_orphans(history)
         assembled = assemble(workspace, history, pending=req.get("content"), model=model, max_tokens=max_tokens)
-        estimate = estimate_input_tokens(assembled, s.tokens)
+        estimate = estimate_input_tokens(await measure(assembled, s.tokens))
         await self._check_window(model, estimate)
         s.upstream.client()  # MISSING_API_KEY before anything is written
         self._budget = await s.budgets.reserve(workspace, model, estimate, max_tokens)  # BUDGET_EXCEEDED, ditto

@@ -509,13 +509,13 @@ def test_cli_without_a_database(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert not (tmp_path / "empty").exists()  # a read-only command creates nothing
 
 
-def test_history_is_measured_once_per_message_version(tmp_path: Path) -> None:
+async def test_history_is_measured_once_per_message_version(tmp_path: Path) -> None:
     workspace = WorkspaceLoader(tmp_path).load("default")
     counter = TokenCounter()
 
-    def history_size(history: list[HistoryItem]) -> tuple[int, int]:
+    async def history_size(history: list[HistoryItem]) -> tuple[int, int]:
         assembled = assemble(workspace, history, pending="next?", model="claude-sonnet-5-5", max_tokens=100)
-        measured = measure(assembled, counter)[-1]
+        measured = (await measure(assembled, counter))[-1]
         assert measured.byte_count == len(compact_json(assembled.params["messages"]).encode())
         return measured.byte_count, measured.token_estimate
 
@@ -524,13 +524,13 @@ def test_history_is_measured_once_per_message_version(tmp_path: Path) -> None:
 
     history = [HistoryItem(f"m{i}", "user" if i % 2 == 0 else "assistant", text(f"message {i}"), "v1")
                for i in range(1000)]
-    first = history_size(history)
+    first = await history_size(history)
     misses = counter.cache_info()[1]
-    assert history_size(history) == first
+    assert await history_size(history) == first
     assert counter.cache_info()[1] == misses  # nothing was serialized or counted again
     # A message that changed (a new version of it) is measured afresh, so the numbers never go stale.
     history[-1] = HistoryItem("m999", "assistant", text("message 999, rewritten at much greater length"), "v2")
-    edited = history_size(history)
+    edited = await history_size(history)
     assert edited[0] > first[0] and edited[1] > first[1]
     assert edited == (first[0] + len(", rewritten at much greater length"), edited[1])
 
