@@ -21,6 +21,7 @@ from gateway.handlers import SERVICES
 from gateway.inspection import measure
 from gateway.settings import Settings
 from gateway.store import HistoryItem
+from gateway.store.chats import new_id
 from gateway.tokens import TokenCounter, compact_json
 from gateway.workspace import MAX_MEMORY_BYTES, MAX_SYSTEM_BYTES, MAX_TOOLS_BYTES, WorkspaceLoader
 from tests.conftest import chat, request
@@ -545,7 +546,9 @@ async def test_history_reads_follow_changes_made_by_another_process(
     def text(value: str) -> list[dict[str, Any]]:
         return [{"type": "text", "text": value}]
 
-    rows = await here.begin_turn(session_id=None, agent_id="default", model="m", content="hi", idempotency_key=None)
+    rows = await here.begin_turn(
+        session_id=new_id(), create=True, agent_id="default", model="m", content="hi", idempotency_key=None
+    )
     session_id, reply_id = rows.session.id, rows.assistant_message.id
     assert [m.content for m in await here.load_history(session_id)] == [text("hi"), []]
     await there.checkpoint(reply_id, text("half"), "half")

@@ -58,21 +58,22 @@ class HistoryLoader:
         async with self._db.read() as db:
             heads = (await db.execute(heads_query)).all()
         missing = [seq for seq, message_id, _, version, _ in heads if (message_id, version) not in self._cache]
-        fetched: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+        fetched: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
         if missing:
             # New messages come last, so one range read from the first unknown one covers the usual case.
-            query = select(Message.id, Message.role, _VERSION, _CONTENT_TEXT).where(where, Message.seq >= min(missing))
+            since = Message.seq >= min(missing)
+            query = select(Message.id, _VERSION, Message.status, _CONTENT_TEXT).where(where, since)
             async with self._db.read() as db:
-                for message_id, _, version, text in await db.execute(query):
+                for message_id, version, status, text in await db.execute(query):
                     content = json_loads(text) if text is not None else []
-                    fetched[message_id] = (version, content)
+                    fetched[message_id] = (version, status, content)
                     self._remember((message_id, version), content, len(text or ""))
         items: list[HistoryItem] = []
         for _, message_id, role, version, status in heads:
             found = fetched.get(message_id)
             if found is not None:
-                # Read a moment after the versions: if the message changed in between, the newer pair wins.
-                version, content = found
+                # Read a moment after the versions: if the message changed in between, the newer read wins.
+                version, status, content = found
             else:
                 cached = self._cache.get((message_id, version))
                 if cached is None:
