@@ -155,14 +155,14 @@ class BudgetGuard:
             if budget.problem:
                 out.append({"agentId": agent, "problem": budget.problem})
                 continue
-            spent = await self._spent(agent, budget, now)
+            spent = await self._spent(agent, budget, now, settle=False)
             in_flight = self._reserved.get(agent, 0)
             for period, cap in budget.caps:
                 start, end = period_bounds(period, now)
                 out.append(CapStatus(agent, period, start, end, cap, spent[period], in_flight).fields())
         return out
 
-    async def _spent(self, agent_id: str, budget: Budget, now: datetime) -> dict[str, int]:
+    async def _spent(self, agent_id: str, budget: Budget, now: datetime, *, settle: bool = True) -> dict[str, int]:
         while True:
             settled = self._settled.get(agent_id, 0)
             spent = {
@@ -170,8 +170,9 @@ class BudgetGuard:
                 for period, _cap in budget.caps
             }
             # A request that settled while we read may be missing from the sums and already gone from the
-            # reservations; read again rather than undercount. New reservations wait on our lock, so this ends.
-            if self._settled.get(agent_id, 0) == settled:
+            # reservations; read again rather than undercount. The caller holds the agent's lock, so no new
+            # reservation can start meanwhile and this ends. Reports (settle=False) show one consistent-enough read.
+            if not settle or self._settled.get(agent_id, 0) == settled:
                 return spent
 
     async def _prompt_tokens(self, model: str, estimate: int) -> int:

@@ -6,6 +6,7 @@ default, 5m) a send's prompt is reserved at the 5m write rate, its output at max
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 
 from gateway.budget_config import Budget, budget_of_unreadable, parse_budget
-from gateway.budgets import period_bounds, worst_case
+from gateway.budgets import BudgetGuard, period_bounds, worst_case
+from gateway.errors import BudgetExceeded
 from gateway.prices import PriceBook
 from gateway.settings import Settings
 from gateway.workspace import WorkspaceLoader
@@ -217,3 +219,42 @@ async def recv_nothing_pending(ws: ClientWebSocketResponse) -> None:
     """The refusal was the terminal frame: a ping answers next, with nothing in between."""
     await send(ws, {"type": "ping", "id": "p"})
     assert (await recv(ws)) == {"type": "pong", "id": "p"}
+
+
+class _Usage:
+    """Spend as the database would report it; `during_read` runs while a read is under way (a commit racing it)."""
+
+    def __init__(self) -> None:
+        self.spent = 0
+        self.during_read: Any = None
+
+    async def spent_since(self, agent_id: str, since: datetime) -> int:
+        value = self.spent  # read before whatever commits meanwhile
+        if self.during_read is not None:
+            hook, self.during_read = self.during_read, None
+            hook()
+        return value
+
+
+class _Chats:
+    async def calibration(self, model: str) -> None:
+        return None
+
+
+async def test_a_request_settling_during_the_spend_read_is_not_lost(tmp_path: Path) -> None:
+    """A's usage row commits and its reservation is released while B reads the spend: B must see one of them."""
+    usage = _Usage()
+    store: Any = type("Store", (), {"usage": usage, "chats": _Chats()})()
+    guard = BudgetGuard(store, PriceBook.load())
+    workspace = replace(WorkspaceLoader(tmp_path).load("default"), budget=Budget((("day", 30_000_000),)))
+    a = await guard.reserve(workspace, "claude-sonnet-5-5", 10, 1000, NOW)  # worst case ~$0.01
+    assert a is not None
+
+    def a_settles() -> None:
+        usage.spent = 25_000_000  # A really cost $0.025...
+        a.release()  # ...and its reservation goes, between B's read and B's check
+
+    usage.during_read = a_settles
+    with pytest.raises(BudgetExceeded) as refused:
+        await guard.reserve(workspace, "claude-sonnet-5-5", 10, 1000, NOW)
+    assert refused.value.details["spentUsd"] == 0.025
