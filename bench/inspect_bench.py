@@ -28,6 +28,7 @@ from gateway.protocol import Request
 from gateway.queries import context_inspect
 from gateway.services import Services
 from gateway.settings import Settings, default_db_url
+from gateway.store.chats import new_id
 
 WORDS = ("the gateway keeps every session message and usage record in sql so history survives restarts "
          "context window tokens cost cache prompt model reply stream thinking signature agent memory skill").split()
@@ -38,13 +39,12 @@ def words(rng: random.Random, n: int) -> str:
 
 
 async def populate(s: Services, pairs: int, rng: random.Random) -> str:
-    session_id: str | None = None
-    for _ in range(pairs):
+    session_id = new_id()
+    for pair in range(pairs):
         rows = await s.store.chats.begin_turn(
-            session_id=session_id, agent_id="default", model=s.settings.default_model,
+            session_id=session_id, create=pair == 0, agent_id="default", model=s.settings.default_model,
             content=words(rng, rng.randint(20, 120)), idempotency_key=None,
         )
-        session_id = rows.session.id
         text = words(rng, rng.randint(50, 300))
         content = [
             {"type": "thinking", "thinking": words(rng, rng.randint(20, 80)), "signature": "c2lnbmF0dXJl" * 4},
@@ -54,7 +54,6 @@ async def populate(s: Services, pairs: int, rng: random.Random) -> str:
             message_id=rows.assistant_message.id, session_id=session_id, content=content, text=text,
             status="complete", stop_reason="end_turn", error_code=None, usage=None,
         )
-    assert session_id is not None
     return session_id
 
 

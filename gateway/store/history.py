@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, Text, cast, select
+from sqlalchemy import String, Text, bindparam, cast, select
 
 from ..db import json_loads
 from ..models import Message
@@ -38,6 +38,15 @@ class HistoryItem:
 # The version as text on every database, and content as the JSON text stored (sized, then decoded here).
 _VERSION = cast(Message.updated_at, String)
 _CONTENT_TEXT = cast(Message.content, Text)
+# Built once: constructing a statement costs about as much as running this one on a warm cache.
+_HEADS = (
+    select(Message.seq, Message.id, Message.role, _VERSION, Message.status)
+    .where(Message.session_id == bindparam("session_id"))
+    .order_by(Message.seq)
+)
+_CONTENTS = select(Message.id, _VERSION, Message.status, _CONTENT_TEXT).where(
+    Message.session_id == bindparam("session_id"), Message.seq >= bindparam("since")
+)
 
 
 class HistoryLoader:
@@ -49,39 +58,38 @@ class HistoryLoader:
 
     async def load(self, session_id: str) -> list[HistoryItem]:
         """Every message of the session, in order."""
-        where = Message.session_id == session_id
-        heads_query = (
-            select(Message.seq, Message.id, Message.role, _VERSION, Message.status)
-            .where(where)
-            .order_by(Message.seq)
-        )
-        async with self._db.read() as db:
-            heads = (await db.execute(heads_query)).all()
-        missing = [seq for seq, message_id, _, version, _ in heads if (message_id, version) not in self._cache]
+        heads = await self._rows(_HEADS, session_id=session_id)
+        cache = self._cache
+        known = [cache.get((message_id, version)) for _, message_id, _, version, _ in heads]
         fetched: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
-        if missing:
+        first_unknown = next((head[0] for head, hit in zip(heads, known, strict=True) if hit is None), None)
+        if first_unknown is not None:
             # New messages come last, so one range read from the first unknown one covers the usual case.
-            since = Message.seq >= min(missing)
-            query = select(Message.id, _VERSION, Message.status, _CONTENT_TEXT).where(where, since)
-            async with self._db.read() as db:
-                for message_id, version, status, text in await db.execute(query):
-                    content = json_loads(text) if text is not None else []
-                    fetched[message_id] = (version, status, content)
-                    self._remember((message_id, version), content, len(text or ""))
+            for message_id, version, status, text in await self._rows(
+                _CONTENTS, session_id=session_id, since=first_unknown
+            ):
+                content = json_loads(text) if text is not None else []
+                fetched[message_id] = (version, status, content)
+                self._remember((message_id, version), content, len(text or ""))
         items: list[HistoryItem] = []
-        for _, message_id, role, version, status in heads:
-            found = fetched.get(message_id)
+        for (_, message_id, role, version, status), hit in zip(heads, known, strict=True):
+            found = fetched.get(message_id) if fetched else None
             if found is not None:
                 # Read a moment after the versions: if the message changed in between, the newer read wins.
                 version, status, content = found
+            elif hit is not None:
+                cache.move_to_end((message_id, version))
+                content = hit[0]
             else:
-                cached = self._cache.get((message_id, version))
-                if cached is None:
-                    continue  # deleted between the two reads
-                self._cache.move_to_end((message_id, version))
-                content = cached[0]
+                continue  # deleted between the two reads
             items.append(HistoryItem(message_id, role, content, version, status))
         return items
+
+    async def _rows(self, statement: Any, **params: Any) -> list[Any]:
+        async with self._db.read() as db:
+            # A Core read on the session's connection: no ORM result machinery for plain columns.
+            connection = await db.connection()
+            return list((await connection.execute(statement, params)).all())
 
     def _remember(self, key: tuple[str, str], content: list[dict[str, Any]], chars: int) -> None:
         if chars > self._max_chars or key in self._cache:
