@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import chat_cmd, context_cmd, keys_cmd, prices_cmd, serve_cmd, token_cmd, usage_cmd
+from . import bench_cmd, chat_cmd, context_cmd, keys_cmd, prices_cmd, serve_cmd, token_cmd, usage_cmd
 
-COMMANDS = (serve_cmd, chat_cmd, keys_cmd, prices_cmd, token_cmd, context_cmd, usage_cmd)
+COMMANDS = (serve_cmd, chat_cmd, keys_cmd, prices_cmd, token_cmd, context_cmd, usage_cmd, bench_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # parse_known_args: a pass-through command (bench) takes options its own parser never declared.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if not getattr(args, "passthrough", False):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.args = [*args.args, *unknown]
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

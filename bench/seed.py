@@ -1,0 +1,304 @@
+"""Fill a gateway database directly with bulk inserts, before the gateway starts: many sessions, many usage rows,
+and one long conversation. Deterministic (seeded), shaped like what the gateway itself writes.
+
+    python -m bench.seed --db-url sqlite+aiosqlite:////tmp/x/gateway.db --usage 1000000 --sessions 100000
+
+Reusable: `seed_database(url, ...)` creates the schema (alembic, as the gateway does) and returns what it made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.db import create_engine, upgrade_to_head
+from gateway.models import UsageRecord
+
+BATCH = 5000
+WORDS = (
+    "the gateway keeps every session message and usage record in sql so history survives restarts context window "
+    "tokens cost cache prompt model reply stream thinking signature agent memory skill index query latency"
+).split()
+# (model, share of requests, nano-USD per token: input, output, cache write 5m, cache write 1h, cache read)
+MODELS: tuple[tuple[str, float, tuple[int, int, int, int, int] | None], ...] = (
+    ("claude-sonnet-5-5", 0.6, (3000, 15000, 3750, 6000, 300)),
+    ("claude-haiku-4-5", 0.2, (1000, 5000, 1250, 2000, 100)),
+    ("claude-opus-5-5", 0.15, (5000, 25000, 6250, 10000, 500)),
+    ("custom-unpriced", 0.05, None),  # a model with no known price: its cost columns stay NULL
+)
+
+
+@dataclass(frozen=True)
+class Seeded:
+    sessions: int
+    usage_rows: int
+    long_session_id: str | None
+    long_session_messages: int
+    agents: list[str]
+    sample_session_id: str | None
+    seconds: float
+
+
+def _id(rng: random.Random) -> str:
+    """A random UUID-shaped id, as the gateway's uuid4 ids look (cheaper to make a million of)."""
+    h = f"{rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choices(WORDS, k=n))
+
+
+def agent_ids(n: int) -> list[str]:
+    return ["default"] + [f"agent-{i}" for i in range(1, n)]
+
+
+def make_agent_dirs(home: Path, agents: list[str]) -> None:
+    """Non-default agents need a workspace folder, or session.list with their agentId answers AGENT_NOT_FOUND."""
+    for agent in agents:
+        if agent != "default":
+            folder = home / "agents" / agent
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "SYSTEM.md").write_text(f"You are {agent}, a benchmark agent.\n")
+
+
+def _session_rows(rng: random.Random, n: int, agents: list[str], now: datetime) -> list[dict[str, Any]]:
+    span = timedelta(days=365)
+    rows = []
+    for i in range(n):
+        created = now - span + span * (i / max(1, n))
+        rows.append(
+            {
+                "id": _id(rng),
+                "agent_id": agents[i % len(agents)],
+                "title": _words(rng, 6),
+                "model": MODELS[0][0],
+                "message_count": 10,
+                "created_at": created,
+                "updated_at": created + timedelta(minutes=rng.randint(1, 600)),
+            }
+        )
+    return rows
+
+
+USAGE_COLUMNS = (
+    "id", "session_id", "message_id", "agent_id", "model", "status", "input_tokens", "output_tokens",
+    "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens", "input_cost", "output_cost",
+    "cache_write_cost", "cache_read_cost", "total_cost", "uncached_cost", "rate_input", "rate_output",
+    "rate_cache_write_5m", "rate_cache_write_1h", "rate_cache_read", "price_source", "price_tier",
+    "estimated_input_tokens", "duration_ms", "first_token_ms", "created_at",
+)  # fmt: skip
+_NO_COST = (None,) * 11  # six costs and five rates
+
+
+def _usage_rows(
+    rng: random.Random, n: int, sessions: list[dict[str, Any]], now: datetime, stamp: Callable[[datetime], Any]
+) -> Iterator[list[tuple[Any, ...]]]:
+    """In time order (the table is append-only), BATCH rows at a time so 1,000,000 never sit in memory at once.
+    Rows come out as the driver takes them (`stamp` makes the timestamp)."""
+    span = timedelta(days=365)
+    # 20 slots in proportion to each model's share: one randrange per row instead of a weighted choice.
+    slots = [m for m in MODELS for _ in range(round(m[1] * 20))]
+    rand, randint = rng.random, rng.randint
+    batch: list[tuple[Any, ...]] = []
+    for i in range(n):
+        session = sessions[i * len(sessions) // n] if sessions else {"id": _id(rng), "agent_id": "default"}
+        model, _, rate = slots[rng.randrange(len(slots))]
+        inp, out = randint(200, 6000), randint(20, 1500)
+        w5 = randint(500, 4000) if rand() < 0.1 else 0
+        w1 = 0
+        read = randint(1000, 50000) if rand() < 0.5 else 0
+        if rate is None:
+            priced: tuple[Any, ...] = _NO_COST
+        else:
+            r_in, r_out, r_w5, r_w1, r_read = rate
+            costs = (inp * r_in, out * r_out, w5 * r_w5 + w1 * r_w1, read * r_read)
+            uncached = (inp + w5 + w1 + read) * r_in + costs[1]
+            priced = (*costs, sum(costs), uncached, *rate)
+        batch.append(
+            (
+                _id(rng), session["id"], _id(rng), session["agent_id"], model,
+                "complete" if rand() < 0.97 else "cancelled", inp, out, w5, w1, read, *priced,
+                None if rate is None else "bench seed", None, int(inp * 0.8), randint(300, 20000),
+                randint(100, 2000), stamp(now - span + span * (i / n)),
+            )
+        )  # fmt: skip
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _long_session(rng: random.Random, messages: int, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A conversation as turns store it: user text, then thinking (signed) and text from the assistant."""
+    session_id = _id(rng)
+    start = now - timedelta(days=1)
+    rows: list[dict[str, Any]] = []
+    for seq in range(messages):
+        at = start + timedelta(seconds=seq * 30)
+        if seq % 2 == 0:
+            text = _words(rng, rng.randint(20, 120))
+            content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+            role, model, stop = "user", None, None
+        else:
+            text = _words(rng, rng.randint(50, 300))
+            thinking = {"type": "thinking", "thinking": _words(rng, rng.randint(20, 80)), "signature": "c2ln" * 16}
+            content = [thinking, {"type": "text", "text": text}]
+            role, model, stop = "assistant", MODELS[0][0], "end_turn"
+        rows.append(
+            {
+                "id": _id(rng),
+                "session_id": session_id,
+                "seq": seq,
+                "role": role,
+                "content": content,
+                "text": text,
+                "model": model,
+                "status": "complete",
+                "stop_reason": stop,
+                "error_code": None,
+                "idempotency_key": None,
+                "created_at": at,
+                "updated_at": at,
+            }
+        )
+    session = {
+        "id": session_id,
+        "agent_id": "default",
+        "title": "A long conversation",
+        "model": MODELS[0][0],
+        "message_count": messages,
+        "created_at": start,
+        "updated_at": now,
+    }
+    return session, rows
+
+
+def _driver_value(value: Any, dialect: str) -> Any:
+    """What the driver itself takes: SQLite gets the text SQLAlchemy would store, PostgreSQL native values."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect == "sqlite" else value
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return value
+
+
+def driver_stamp(dialect: str) -> Callable[[datetime], Any]:
+    if dialect == "sqlite":
+        return lambda value: value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return lambda value: value
+
+
+async def bulk_insert(conn: AsyncConnection, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """executemany straight to the driver (rows in its own types): the ORM's per-row work would double the time of
+    a million-row seed."""
+    marks = ", ".join("?" if conn.dialect.name == "sqlite" else f"${i + 1}" for i in range(len(columns)))
+    await conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+
+async def _insert_dicts(engine: AsyncEngine, table: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    columns = tuple(rows[0])
+    for i in range(0, len(rows), BATCH):
+        async with engine.begin() as conn:
+            dialect = conn.dialect.name
+            batch = [tuple(_driver_value(r[c], dialect) for c in columns) for r in rows[i : i + BATCH]]
+            await bulk_insert(conn, table, columns, batch)
+
+
+async def _without_indexes(engine: AsyncEngine, table: Table, load: Callable[[], Awaitable[None]]) -> None:
+    """Load with the table's secondary indexes dropped, then build them again exactly as the models define them:
+    one sorted build is far cheaper than a million scattered index inserts."""
+    async with engine.begin() as conn:
+        for index in table.indexes:
+            await conn.run_sync(index.drop)
+    await load()
+    async with engine.begin() as conn:
+        for index in table.indexes:
+            await conn.run_sync(index.create)
+
+
+async def seed_database(
+    db_url: str,
+    *,
+    sessions: int,
+    usage_rows: int,
+    long_session_messages: int,
+    agents: int = 5,
+    home: Path | None = None,
+    seed: int = 7,
+) -> Seeded:
+    """Create the schema (as the gateway's start-up does), then bulk-insert everything; returns what was made."""
+    started = time.perf_counter()
+    rng = random.Random(seed)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    names = agent_ids(agents)
+    if home is not None:
+        make_agent_dirs(home, names)
+    engine = create_engine(db_url)
+    try:
+        await upgrade_to_head(engine)
+        session_rows = _session_rows(rng, sessions, names, now)
+        await _insert_dicts(engine, "sessions", session_rows)
+
+        async def load_usage() -> None:
+            stamp = driver_stamp(engine.dialect.name)
+            for batch in _usage_rows(rng, usage_rows, session_rows, now, stamp):
+                async with engine.begin() as conn:
+                    await bulk_insert(conn, "usage_records", USAGE_COLUMNS, batch)
+
+        await _without_indexes(engine, UsageRecord.__table__, load_usage)  # type: ignore[arg-type]
+        long_id = None
+        if long_session_messages:
+            session, messages = _long_session(rng, long_session_messages, now)
+            await _insert_dicts(engine, "sessions", [session])
+            await _insert_dicts(engine, "messages", messages)
+            long_id = session["id"]
+    finally:
+        await engine.dispose()
+    return Seeded(
+        sessions=sessions,
+        usage_rows=usage_rows,
+        long_session_id=long_id,
+        long_session_messages=long_session_messages,
+        agents=names,
+        sample_session_id=session_rows[len(session_rows) // 2]["id"] if session_rows else None,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="bulk-fill a gateway database for benchmarks")
+    parser.add_argument("--db-url", required=True)
+    parser.add_argument("--home", type=Path, help="AGENTSPACE_HOME, to create the seeded agents' folders")
+    parser.add_argument("--sessions", type=int, default=100_000)
+    parser.add_argument("--usage", type=int, default=1_000_000)
+    parser.add_argument("--messages", type=int, default=1000, help="length of the one long session")
+    args = parser.parse_args()
+    seeded = asyncio.run(
+        seed_database(
+            args.db_url,
+            sessions=args.sessions,
+            usage_rows=args.usage,
+            long_session_messages=args.messages,
+            home=args.home,
+        )
+    )
+    print(json.dumps(asdict(seeded), indent=2))
+
+
+if __name__ == "__main__":
+    main()
