@@ -14,6 +14,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import time
+import uuid
 from typing import Any
 
 import anthropic
@@ -33,9 +35,13 @@ async def client_ctx(app: web.Application) -> Any:
 
 
 async def relay(ws: web.WebSocketResponse, client: anthropic.AsyncAnthropic, frame: dict[str, Any]) -> None:
+    # The gateway's frame shapes (ids on every frame), so both send the same bytes per delta; nothing is stored, so
+    # a session id is only echoed (or made up) and a message id made up.
     rid = frame.get("id")
+    ids = {"id": rid, "sessionId": frame.get("sessionId") or str(uuid.uuid4()), "messageId": str(uuid.uuid4())}
+    started = time.monotonic()
     try:
-        await ws.send_str(json.dumps({"type": "chat.stream.start", "id": rid, "model": MODEL}))
+        await ws.send_str(json.dumps({"type": "chat.stream.start", **ids, "model": frame.get("model") or MODEL}))
         stream = await client.messages.create(
             model=frame.get("model") or MODEL,
             max_tokens=frame.get("maxTokens") or 8192,
@@ -48,21 +54,29 @@ async def relay(ws: web.WebSocketResponse, client: anthropic.AsyncAnthropic, fra
             if event.type == "content_block_delta":
                 delta = event.delta
                 if delta.type == "text_delta":
-                    await ws.send_str(json.dumps({"type": "chat.stream.delta", "id": rid, "delta": delta.text}))
+                    await ws.send_str(json.dumps({"type": "chat.stream.delta", **ids, "delta": delta.text}))
                 elif delta.type == "thinking_delta":
-                    await ws.send_str(json.dumps({"type": "chat.stream.thinking", "id": rid, "delta": delta.thinking}))
+                    await ws.send_str(json.dumps({"type": "chat.stream.thinking", **ids, "delta": delta.thinking}))
             elif event.type == "message_start":
                 usage["inputTokens"] = event.message.usage.input_tokens
             elif event.type == "message_delta":
                 stop_reason = event.delta.stop_reason
                 usage["outputTokens"] = event.usage.output_tokens
-        end = {"type": "chat.stream.end", "id": rid, "stopReason": stop_reason, "usage": usage}
+        end = {
+            "type": "chat.stream.end",
+            **ids,
+            "stopReason": stop_reason,
+            "status": "complete",
+            "usage": usage,
+            "durationMs": int((time.monotonic() - started) * 1000),
+        }
         await ws.send_str(json.dumps(end))
     except (ConnectionError, RuntimeError):
         pass  # the client left
     except anthropic.APIError as exc:
+        error = {"type": "error", **ids, "code": "UPSTREAM_ERROR", "message": str(exc), "retryable": True}
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_str(json.dumps({"type": "error", "id": rid, "code": "UPSTREAM_ERROR", "message": str(exc)}))
+            await ws.send_str(json.dumps(error))
 
 
 async def gateway_ws(request: web.Request) -> web.WebSocketResponse:

@@ -17,9 +17,10 @@ import traceback
 from collections import Counter
 from typing import Any
 
-import aiohttp
 import anthropic
 import httpx2
+
+from gateway.client import GatewayClient
 
 from .clients import TurnFailed, direct_client, direct_turn, ws_request, ws_turn
 from .procs import raise_fd_limit, rss_kb
@@ -28,27 +29,32 @@ from .stats import Recorder, summary
 CONNECT_CONCURRENCY = 64  # below the server's listen backlog, so a burst of connects never overflows it
 GRACE_S = 60.0  # how long turns still running at the end of a window may take to finish
 CONNECT_TIMEOUT_S = 120.0  # for all the sockets of one run
+REQUEST_TIMEOUT_S = 120.0
 
 
 def content_for(client: int, turn: int) -> str:
     return f"Benchmark client {client}, turn {turn}: answer briefly."
 
 
-def http_session() -> aiohttp.ClientSession:
-    # No connection limit: each WebSocket holds one of the connector's slots (default 100) for its whole life.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
-
-async def open_sockets(http: aiohttp.ClientSession, url: str, n: int) -> list[aiohttp.ClientWebSocketResponse]:
+async def open_clients(url: str, n: int) -> list[GatewayClient]:
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-    async def one() -> aiohttp.ClientWebSocketResponse:
+    async def one() -> GatewayClient:
         async with gate:
-            # No client heartbeat and no compression: the server's own 30 s heartbeat is all an idle socket sees.
-            return await http.ws_connect(url, autoping=True, max_msg_size=0, compress=0)
+            return await GatewayClient.open(url, request_timeout=REQUEST_TIMEOUT_S, connect_timeout=30.0)
 
     async with asyncio.timeout(CONNECT_TIMEOUT_S):
-        return list(await asyncio.gather(*(one() for _ in range(n))))
+        results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+    clients = [r for r in results if isinstance(r, GatewayClient)]
+    failed = [r for r in results if not isinstance(r, GatewayClient)]
+    if failed:
+        await close_clients(clients)
+        raise RuntimeError(f"{len(failed)} of {n} connections failed: {failed[0]!r}")
+    return clients
+
+
+async def close_clients(clients: list[GatewayClient]) -> None:
+    await asyncio.gather(*(gw.close() for gw in clients), return_exceptions=True)
 
 
 def _failed(rec: Recorder, exc: BaseException) -> None:
@@ -108,29 +114,28 @@ async def op_stream(cmd: dict[str, Any]) -> dict[str, Any]:
             await client.close()
         return {"target": target, "clients": clients, **rec.result()}
 
-    async with http_session() as http:
-        sockets = await open_sockets(http, cmd["url"], clients)
-        # The clock starts once every socket is open: connecting is the idle scenario's business, not this one's.
-        rec = recorder()
+    sockets = await open_clients(cmd["url"], clients)
+    # The clock starts once every socket is open: connecting is the idle scenario's business, not this one's.
+    rec = recorder()
 
-        async def ws_loop(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
-            session_id: str | None = None
-            turn = 0
-            while time.perf_counter() < rec.end:
-                if turn % per_session == 0:
-                    session_id = None
-                try:
-                    session_id = await ws_turn(ws, f"c{i}t{turn}", content_for(i, turn), session_id, rec, turn_timeout)
-                except TurnFailed as exc:
-                    _failed(rec, exc)
-                    if exc.code.startswith("socket"):
-                        return
-                turn += 1
+    async def ws_loop(i: int, gw: GatewayClient) -> None:
+        session_id: str | None = None
+        turn = 0
+        while time.perf_counter() < rec.end:
+            if turn % per_session == 0:
+                session_id = None
+            try:
+                session_id = await ws_turn(gw, content_for(i, turn), session_id, rec, turn_timeout)
+            except TurnFailed as exc:
+                _failed(rec, exc)
+                if gw.closed:
+                    return
+            turn += 1
 
-        try:
-            await _run_clients(cmd, rec, [ws_loop(i, ws) for i, ws in enumerate(sockets)])
-        finally:
-            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    try:
+        await _run_clients(cmd, rec, [ws_loop(i, gw) for i, gw in enumerate(sockets)])
+    finally:
+        await close_clients(sockets)
     return {"target": target, "clients": clients, **rec.result()}
 
 
@@ -139,28 +144,22 @@ async def op_idle(cmd: dict[str, Any]) -> dict[str, Any]:
     pid, n, streaming = int(cmd["pid"]), int(cmd["connections"]), int(cmd["streaming"])
     settle_s = float(cmd.get("settle_s", 1.0))
     timeout_s = float(cmd.get("turn_timeout_s", 120))
-    async with http_session() as http:
-        # Warm the server first (first turn builds the SDK client, loads caches), so the delta is the sockets alone.
-        warm = (await open_sockets(http, cmd["url"], 1))[0]
-        await ws_turn(warm, "warm", content_for(-1, 0), None, None, timeout_s)
-        await warm.close()
-        await asyncio.sleep(settle_s)
-        before = rss_kb(pid)
-        sockets = await open_sockets(http, cmd["url"], n)
-        pongs = await asyncio.gather(
-            *(ws_request(ws, {"type": "ping", "id": i}, timeout_s) for i, ws in enumerate(sockets)),
-            return_exceptions=True,
-        )
+    # Warm the server first (first turn builds the SDK client, loads caches), so the delta is the sockets alone.
+    warm = (await open_clients(cmd["url"], 1))[0]
+    await ws_turn(warm, content_for(-1, 0), None, None, timeout_s)
+    await warm.close()
+    await asyncio.sleep(settle_s)
+    before = rss_kb(pid)
+    sockets = await open_clients(cmd["url"], n)
+    try:
+        pongs = await asyncio.gather(*(ws_request(gw, {"type": "ping"}) for gw in sockets), return_exceptions=True)
         answered = sum(1 for p in pongs if isinstance(p, dict) and p.get("type") == "pong")
         await asyncio.sleep(settle_s)
         idle = rss_kb(pid)
         rec = Recorder(start=time.perf_counter(), end=time.perf_counter() + 3600, stall_s=float(cmd.get("stall_s", 10)))
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(
-                asyncio.wait_for(ws_turn(ws, f"s{i}", content_for(i, 0), None, rec, timeout_s), timeout_s)
-                for i, ws in enumerate(sockets[:streaming])
-            ),
+            *(ws_turn(gw, content_for(i, 0), None, rec, timeout_s) for i, gw in enumerate(sockets[:streaming])),
             return_exceptions=True,
         )
         elapsed = time.perf_counter() - started
@@ -169,8 +168,9 @@ async def op_idle(cmd: dict[str, Any]) -> dict[str, Any]:
             if isinstance(r, BaseException):
                 errors[getattr(r, "code", type(r).__name__)] += 1
         after = rss_kb(pid)
-        still_open = sum(1 for ws in sockets if not ws.closed)
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        still_open = sum(1 for gw in sockets if not gw.closed)
+    finally:
+        await close_clients(sockets)
     return {
         "connections": n,
         "pongs": answered,
@@ -191,35 +191,35 @@ async def op_idle(cmd: dict[str, Any]) -> dict[str, Any]:
 async def op_query(cmd: dict[str, Any]) -> dict[str, Any]:
     """Each request `runs` times in turn on one socket, after `warmup` unrecorded runs (the first one, cold, kept)."""
     runs, warmup = int(cmd["runs"]), int(cmd.get("warmup", 3))
-    timeout_s = float(cmd.get("timeout_s", 60))
     out: dict[str, Any] = {}
-    async with http_session() as http:
-        ws = (await open_sockets(http, cmd["url"], 1))[0]
-        try:
-            for spec in cmd["requests"]:
-                times: list[float] = []
-                cold: float | None = None
-                errors: Counter[str] = Counter()
-                answer_bytes = 0
-                for i in range(warmup + runs):
-                    started = time.perf_counter()
-                    answer = await ws_request(ws, {"id": f"q{i}", **spec["frame"]}, timeout_s)
-                    ms = (time.perf_counter() - started) * 1000
-                    if answer.get("type") == "error":
-                        errors[str(answer.get("code"))] += 1
-                    if i == 0:
-                        cold = ms
-                        answer_bytes = len(json.dumps(answer))
-                    if i >= warmup:
-                        times.append(ms)
-                out[spec["name"]] = {
-                    **summary(times),
-                    "cold_ms": None if cold is None else round(cold, 3),
-                    "answer_bytes": answer_bytes,
-                    "errors": dict(errors),
-                }
-        finally:
-            await ws.close()
+    gw = (await open_clients(cmd["url"], 1))[0]
+    try:
+        for spec in cmd["requests"]:
+            times: list[float] = []
+            cold: float | None = None
+            errors: Counter[str] = Counter()
+            answer_bytes = 0
+            for i in range(warmup + runs):
+                started = time.perf_counter()
+                try:
+                    answer = await ws_request(gw, spec["frame"])
+                except TurnFailed as exc:
+                    errors[exc.code] += 1
+                    answer = {}
+                ms = (time.perf_counter() - started) * 1000
+                if i == 0:
+                    cold = ms
+                    answer_bytes = len(json.dumps(answer))
+                if i >= warmup:
+                    times.append(ms)
+            out[spec["name"]] = {
+                **summary(times),
+                "cold_ms": None if cold is None else round(cold, 3),
+                "answer_bytes": answer_bytes,
+                "errors": dict(errors),
+            }
+    finally:
+        await gw.close()
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -30,13 +31,59 @@ WORDS = (
     "the gateway keeps every session message and usage record in sql so history survives restarts context window "
     "tokens cost cache prompt model reply stream thinking signature agent memory skill index query latency"
 ).split()
-# (model, share of requests, nano-USD per token: input, output, cache write 5m, cache write 1h, cache read)
-MODELS: tuple[tuple[str, float, tuple[int, int, int, int, int] | None], ...] = (
-    ("claude-sonnet-5-5", 0.6, (3000, 15000, 3750, 6000, 300)),
-    ("claude-haiku-4-5", 0.2, (1000, 5000, 1250, 2000, 100)),
-    ("claude-opus-5-5", 0.15, (5000, 25000, 6250, 10000, 500)),
-    ("custom-unpriced", 0.05, None),  # a model with no known price: its cost columns stay NULL
+# (model, nano-USD per token for input, output, 5m write, 1h write, cache read); None = not priced.
+MODELS: tuple[tuple[str, tuple[int, int, int, int, int] | None], ...] = (
+    ("claude-sonnet-5-5", (2000, 10_000, 2500, 4000, 100)),
+    ("claude-opus-5-5", (4000, 20_000, 5000, 8000, 200)),
+    ("claude-haiku-5-5", (100, 500, 125, 200, 10)),
+    ("claude-experimental-9", None),
 )
+MODEL_WEIGHTS = (60, 15, 24, 1)
+AGENTS = ("default", "writer", "coder", "support", "research")
+USAGE_COLUMNS = (
+    "id", "session_id", "message_id", "agent_id", "model", "status", "input_tokens", "output_tokens",
+    "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens", "input_cost", "output_cost",
+    "cache_write_cost", "cache_read_cost", "total_cost", "uncached_cost", "rate_input", "rate_output",
+    "rate_cache_write_5m", "rate_cache_write_1h", "rate_cache_read", "price_source", "price_tier",
+    "estimated_input_tokens", "upstream_message_id", "duration_ms", "first_token_ms", "created_at",
+)  # fmt: skip
+
+
+def sqlite_stamp(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S.%f")  # SQLAlchemy's SQLite format, naive UTC
+
+
+def usage_rows(
+    count: int,
+    days: int,
+    sessions: int,
+    now: datetime,
+    rng: random.Random,
+    stamp: Callable[[datetime], Any] = sqlite_stamp,
+) -> Iterator[tuple[Any, ...]]:
+    """Rows shaped like the gateway's, in time order (as they are appended), spread evenly over `days`, in
+    USAGE_COLUMNS order and the driver's own types (`stamp` makes the timestamp). Shared by bench/usage_report.py
+    and the benchmark's seed."""
+    start = now - timedelta(days=days)
+    step = days * 86_400 / count
+    session_ids = [_id(rng) for _ in range(sessions)]
+    session_agent = {s: rng.choice(AGENTS) for s in session_ids}
+    for i in range(count):
+        model, rates = rng.choices(MODELS, MODEL_WEIGHTS)[0]
+        session = session_ids[rng.randrange(sessions)]
+        inp, out = rng.randint(10, 4000), rng.randint(1, 2000)
+        w5, w1, read = rng.choice((0, 0, rng.randint(0, 3000))), 0, rng.choice((0, rng.randint(0, 60_000)))
+        if rates is None:
+            costs: list[int | None] = [None] * 6
+        else:
+            parts = [inp * rates[0], out * rates[1], w5 * rates[2] + w1 * rates[3], read * rates[4]]
+            costs = [*parts, sum(parts), (inp + w5 + w1 + read) * rates[0] + parts[1]]
+        at = start + timedelta(seconds=i * step)
+        yield (
+            _id(rng), session, None, session_agent[session], model,
+            "complete" if rng.random() > 0.03 else "cancelled", inp, out, w5, w1, read, *costs,
+            *(rates or (None,) * 5), "builtin" if rates else None, None, inp, f"msg_{i:024x}", 900, 300, stamp(at),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,11 +107,7 @@ def _words(rng: random.Random, n: int) -> str:
     return " ".join(rng.choices(WORDS, k=n))
 
 
-def agent_ids(n: int) -> list[str]:
-    return ["default"] + [f"agent-{i}" for i in range(1, n)]
-
-
-def make_agent_dirs(home: Path, agents: list[str]) -> None:
+def make_agent_dirs(home: Path, agents: tuple[str, ...]) -> None:
     """Non-default agents need a workspace folder, or session.list with their agentId answers AGENT_NOT_FOUND."""
     for agent in agents:
         if agent != "default":
@@ -73,7 +116,7 @@ def make_agent_dirs(home: Path, agents: list[str]) -> None:
             (folder / "SYSTEM.md").write_text(f"You are {agent}, a benchmark agent.\n")
 
 
-def _session_rows(rng: random.Random, n: int, agents: list[str], now: datetime) -> list[dict[str, Any]]:
+def _session_rows(rng: random.Random, n: int, now: datetime) -> list[dict[str, Any]]:
     span = timedelta(days=365)
     rows = []
     for i in range(n):
@@ -81,7 +124,7 @@ def _session_rows(rng: random.Random, n: int, agents: list[str], now: datetime) 
         rows.append(
             {
                 "id": _id(rng),
-                "agent_id": agents[i % len(agents)],
+                "agent_id": AGENTS[i % len(AGENTS)],
                 "title": _words(rng, 6),
                 "model": MODELS[0][0],
                 "message_count": 10,
@@ -90,55 +133,6 @@ def _session_rows(rng: random.Random, n: int, agents: list[str], now: datetime) 
             }
         )
     return rows
-
-
-USAGE_COLUMNS = (
-    "id", "session_id", "message_id", "agent_id", "model", "status", "input_tokens", "output_tokens",
-    "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens", "input_cost", "output_cost",
-    "cache_write_cost", "cache_read_cost", "total_cost", "uncached_cost", "rate_input", "rate_output",
-    "rate_cache_write_5m", "rate_cache_write_1h", "rate_cache_read", "price_source", "price_tier",
-    "estimated_input_tokens", "duration_ms", "first_token_ms", "created_at",
-)  # fmt: skip
-_NO_COST = (None,) * 11  # six costs and five rates
-
-
-def _usage_rows(
-    rng: random.Random, n: int, sessions: list[dict[str, Any]], now: datetime, stamp: Callable[[datetime], Any]
-) -> Iterator[list[tuple[Any, ...]]]:
-    """In time order (the table is append-only), BATCH rows at a time so 1,000,000 never sit in memory at once.
-    Rows come out as the driver takes them (`stamp` makes the timestamp)."""
-    span = timedelta(days=365)
-    # 20 slots in proportion to each model's share: one randrange per row instead of a weighted choice.
-    slots = [m for m in MODELS for _ in range(round(m[1] * 20))]
-    rand, randint = rng.random, rng.randint
-    batch: list[tuple[Any, ...]] = []
-    for i in range(n):
-        session = sessions[i * len(sessions) // n] if sessions else {"id": _id(rng), "agent_id": "default"}
-        model, _, rate = slots[rng.randrange(len(slots))]
-        inp, out = randint(200, 6000), randint(20, 1500)
-        w5 = randint(500, 4000) if rand() < 0.1 else 0
-        w1 = 0
-        read = randint(1000, 50000) if rand() < 0.5 else 0
-        if rate is None:
-            priced: tuple[Any, ...] = _NO_COST
-        else:
-            r_in, r_out, r_w5, r_w1, r_read = rate
-            costs = (inp * r_in, out * r_out, w5 * r_w5 + w1 * r_w1, read * r_read)
-            uncached = (inp + w5 + w1 + read) * r_in + costs[1]
-            priced = (*costs, sum(costs), uncached, *rate)
-        batch.append(
-            (
-                _id(rng), session["id"], _id(rng), session["agent_id"], model,
-                "complete" if rand() < 0.97 else "cancelled", inp, out, w5, w1, read, *priced,
-                None if rate is None else "bench seed", None, int(inp * 0.8), randint(300, 20000),
-                randint(100, 2000), stamp(now - span + span * (i / n)),
-            )
-        )  # fmt: skip
-        if len(batch) >= BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _long_session(rng: random.Random, messages: int, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -235,32 +229,35 @@ async def seed_database(
     db_url: str,
     *,
     sessions: int,
-    usage_rows: int,
+    usage_count: int,
     long_session_messages: int,
-    agents: int = 5,
     home: Path | None = None,
+    days: int = 180,
     seed: int = 7,
 ) -> Seeded:
     """Create the schema (as the gateway's start-up does), then bulk-insert everything; returns what was made."""
     started = time.perf_counter()
     rng = random.Random(seed)
     now = datetime.now(UTC).replace(tzinfo=None)
-    names = agent_ids(agents)
     if home is not None:
-        make_agent_dirs(home, names)
+        make_agent_dirs(home, AGENTS)
     engine = create_engine(db_url)
     try:
         await upgrade_to_head(engine)
-        session_rows = _session_rows(rng, sessions, names, now)
+        session_rows = _session_rows(rng, sessions, now)
         await _insert_dicts(engine, "sessions", session_rows)
 
         async def load_usage() -> None:
-            stamp = driver_stamp(engine.dialect.name)
-            for batch in _usage_rows(rng, usage_rows, session_rows, now, stamp):
+            rows = usage_rows(usage_count, days, max(1, sessions), now, rng, driver_stamp(engine.dialect.name))
+            while batch := list(itertools.islice(rows, BATCH)):
                 async with engine.begin() as conn:
                     await bulk_insert(conn, "usage_records", USAGE_COLUMNS, batch)
 
-        await _without_indexes(engine, UsageRecord.__table__, load_usage)  # type: ignore[arg-type]
+        if usage_count:
+            await _without_indexes(engine, UsageRecord.__table__, load_usage)  # type: ignore[arg-type]
+        async with engine.connect() as conn:
+            # Any session that has usage, for the one-session report.
+            sample = (await conn.exec_driver_sql("SELECT session_id FROM usage_records LIMIT 1")).scalar()
         long_id = None
         if long_session_messages:
             session, messages = _long_session(rng, long_session_messages, now)
@@ -271,11 +268,11 @@ async def seed_database(
         await engine.dispose()
     return Seeded(
         sessions=sessions,
-        usage_rows=usage_rows,
+        usage_rows=usage_count,
         long_session_id=long_id,
         long_session_messages=long_session_messages,
-        agents=names,
-        sample_session_id=session_rows[len(session_rows) // 2]["id"] if session_rows else None,
+        agents=list(AGENTS),
+        sample_session_id=sample,
         seconds=round(time.perf_counter() - started, 2),
     )
 
@@ -292,7 +289,7 @@ def main() -> None:
         seed_database(
             args.db_url,
             sessions=args.sessions,
-            usage_rows=args.usage,
+            usage_count=args.usage,
             long_session_messages=args.messages,
             home=args.home,
         )

@@ -1,7 +1,7 @@
 """How long a usage report takes over 1,000,000 usage rows: P50/P95 through the report code and over the WebSocket.
 
-    python bench/usage_report.py                        # 1,000,000 rows over 180 days, 30 runs per query
-    python bench/usage_report.py --rows 200000 --runs 50
+    python -m bench.usage_report                        # 1,000,000 rows over 180 days, 30 runs per query
+    python -m bench.usage_report --rows 200000 --runs 50
 
 Makes a temporary SQLite database migrated to head (as the gateway does), bulk-inserts the rows with one
 `executemany` in one transaction (the triggers of migration 0002 keep `usage_daily` as they would for the gateway),
@@ -21,7 +21,6 @@ import sqlite3
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.seed import USAGE_COLUMNS, usage_rows
 from gateway.app import create_app
 from gateway.budgets import BudgetGuard
 from gateway.db import create_engine, make_sessionmaker, upgrade_to_head
@@ -39,62 +39,7 @@ from gateway.settings import Settings, default_db_url
 from gateway.store import Database, Store, UsageFilters
 from gateway.workspace import WorkspaceLoader
 
-# (model, nano-USD per token for input, output, 5m write, 1h write, cache read); None = not priced.
-MODELS: tuple[tuple[str, tuple[int, int, int, int, int] | None], ...] = (
-    ("claude-sonnet-5-5", (2000, 10_000, 2500, 4000, 100)),
-    ("claude-opus-5-5", (4000, 20_000, 5000, 8000, 200)),
-    ("claude-haiku-5-5", (100, 500, 125, 200, 10)),
-    ("claude-experimental-9", None),
-)
-MODEL_WEIGHTS = (60, 15, 24, 1)
-AGENTS = ("default", "writer", "coder", "support", "research")
-COLUMNS = (
-    "id, session_id, message_id, agent_id, model, status, input_tokens, output_tokens, cache_write_5m_tokens,"
-    " cache_write_1h_tokens, cache_read_tokens, input_cost, output_cost, cache_write_cost, cache_read_cost,"
-    " total_cost, uncached_cost, rate_input, rate_output, rate_cache_write_5m, rate_cache_write_1h, rate_cache_read,"
-    " price_source, price_tier, estimated_input_tokens, upstream_message_id, duration_ms, first_token_ms, created_at"
-)
-
-
-def usage_rows(count: int, days: int, sessions: int, now: datetime, rng: random.Random) -> Iterator[tuple[Any, ...]]:
-    """Rows shaped like the gateway's, in time order (as they are appended), spread evenly over `days`."""
-    start = now - timedelta(days=days)
-    step = days * 86_400 / count
-    session_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(sessions)]
-    session_agent = {s: rng.choice(AGENTS) for s in session_ids}
-    for i in range(count):
-        model, rates = rng.choices(MODELS, MODEL_WEIGHTS)[0]
-        session = session_ids[rng.randrange(sessions)]
-        inp, out = rng.randint(10, 4000), rng.randint(1, 2000)
-        w5, w1, read = rng.choice((0, 0, rng.randint(0, 3000))), 0, rng.choice((0, rng.randint(0, 60_000)))
-        if rates is None:
-            costs: list[int | None] = [None] * 6
-        else:
-            parts = [inp * rates[0], out * rates[1], w5 * rates[2] + w1 * rates[3], read * rates[4]]
-            costs = [*parts, sum(parts), (inp + w5 + w1 + read) * rates[0] + parts[1]]
-        at = start + timedelta(seconds=i * step)
-        yield (
-            str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            session,
-            None,
-            session_agent[session],
-            model,
-            "complete" if rng.random() > 0.03 else "cancelled",
-            inp,
-            out,
-            w5,
-            w1,
-            read,
-            *costs,
-            *(rates or (None,) * 5),
-            "builtin" if rates else None,
-            None,
-            inp,
-            f"msg_{i:024x}",
-            900,
-            300,
-            at.strftime("%Y-%m-%d %H:%M:%S.%f"),  # SQLAlchemy's SQLite format, naive UTC
-        )
+COLUMNS = ", ".join(USAGE_COLUMNS)
 
 
 def bulk_insert(path: Path, rows: Iterator[tuple[Any, ...]]) -> None:
