@@ -19,6 +19,7 @@ another process took in between keeps streaming in both, and a warning says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 
@@ -98,7 +99,9 @@ class PgSessionLocks:
             got = await asyncio.shield(asking)
         except asyncio.CancelledError:
             # The caller gave up, but the statement may still be granted: give the lock back once it answers.
-            asking.add_done_callback(lambda _: self._release_later(session_id))
+            task = asyncio.ensure_future(self._give_back(asking, session_id))
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
             raise
         except BaseException:
             self.busy.discard(session_id)
@@ -110,10 +113,14 @@ class PgSessionLocks:
             )
         return _PgLease(self, session_id)
 
-    def _release_later(self, session_id: str) -> None:
-        task = asyncio.ensure_future(self.release(session_id))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+    async def _give_back(self, asking: asyncio.Future[bool], session_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await asking
+        await self.release(session_id)
+
+    async def settled(self) -> None:
+        """Wait until locks taken for callers that gave up have been given back."""
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     async def release(self, session_id: str) -> None:
         async with self._io:
@@ -129,6 +136,7 @@ class PgSessionLocks:
                 await self._drop()
 
     async def close(self) -> None:
+        await self.settled()
         async with self._io:
             await self._drop()
             self.busy.clear()

@@ -30,6 +30,8 @@ from .upstream import Reply, map_error, retry_after_s
 log = logging.getLogger(__name__)
 
 # Why the stream was cut short -> the status its reply and usage row keep.
+# Waits between attempts to save a finished reply while the database is unreachable.
+FINISH_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 _CANCEL_STATUS = {"cancelled": "cancelled", "client_gone": "disconnected", "shutdown": "interrupted"}
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -299,16 +301,18 @@ class Turn:
             calibration = (assembled.model, estimate, reply.usage.prompt_tokens)
         # Persisting must survive a second cancellation (shutdown while we save); the client may be gone already.
         await asyncio.shield(
-            s.store.chats.finish_turn(
-                message_id=rows.assistant_message.id,
-                session_id=rows.session.id,
-                content=reply.content(complete=status == "complete"),
-                text=reply.text,
-                status=status,
-                stop_reason=stop_reason,
-                error_code=failure.code if failure else None,
-                usage=record,
-                calibration=calibration,
+            _saved_through_outage(
+                lambda: s.store.chats.finish_turn(
+                    message_id=rows.assistant_message.id,
+                    session_id=rows.session.id,
+                    content=reply.content(complete=status == "complete"),
+                    text=reply.text,
+                    status=status,
+                    stop_reason=stop_reason,
+                    error_code=failure.code if failure else None,
+                    usage=record,
+                    calibration=calibration,
+                )
             )
         )
         self.obs.finished(
@@ -335,6 +339,20 @@ class Turn:
             )
             return
         await self._end(end_frame(self.rid, rows, stop_reason, priced, duration_ms, status))
+
+
+async def _saved_through_outage(save: Callable[[], Awaitable[None]]) -> None:
+    """The reply has been paid for: ride out a database restart or failover (about 16 s) rather than lose its usage
+    row. finish_turn is safe to repeat, so a commit whose answer was lost is not counted twice."""
+    for delay in (*FINISH_RETRY_DELAYS_S, None):
+        try:
+            await save()
+            return
+        except errors.DatabaseUnavailable as exc:
+            if delay is None:
+                raise
+            log.warning("saving a finished reply failed (%s); retrying in %.2f s", exc, delay)
+            await asyncio.sleep(delay)
 
 
 def _uncancel() -> None:

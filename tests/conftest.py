@@ -84,10 +84,9 @@ async def fresh_pg_url() -> AsyncIterator[str]:
     await drop_database(admin, url)
 
 
-@pytest.fixture
-def settings(tmp_path: Path, fake: FakeAnthropic, db_url: str) -> Settings:
+def make_settings(home: Path, fake: FakeAnthropic, db_url: str) -> Settings:
     return Settings(
-        home=tmp_path / "home",
+        home=home,
         db_url=db_url,
         anthropic_api_key="test-key",
         anthropic_base_url=fake.base_url,
@@ -95,6 +94,25 @@ def settings(tmp_path: Path, fake: FakeAnthropic, db_url: str) -> Settings:
         upstream_retry_max_s=0.05,
         heartbeat_s=0,
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake: FakeAnthropic, db_url: str) -> Settings:
+    return make_settings(tmp_path / "home", fake, db_url)
+
+
+@pytest.fixture
+async def pg_db_url(pg_database: str | None) -> str:
+    """The PostgreSQL database alone, emptied, for tests of what only PostgreSQL does (several processes)."""
+    if pg_database is None:
+        pytest.skip(PG_SKIP_REASON)
+    await reset_database(pg_database)
+    return pg_database
+
+
+@pytest.fixture
+def pg_settings(tmp_path: Path, fake: FakeAnthropic, pg_db_url: str) -> Settings:
+    return make_settings(tmp_path / "home", fake, pg_db_url)
 
 
 class Gateway:

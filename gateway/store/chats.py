@@ -9,15 +9,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 
 from ..errors import DuplicateRequest, InvalidMessage, SessionNotFound
 from ..models import ChatSession, Message, TokenCalibration, UsageRecord, utcnow
 from .base import Database
 from .history import HistoryItem, HistoryLoader
+from .upserts import add_calibration, insert_usage_once
 
 TITLE_CHARS = 80
 
@@ -202,10 +200,11 @@ class ChatStore:
                 )
             )
             await db.execute(update(ChatSession).where(ChatSession.id == session_id).values(updated_at=now))
-            if usage is not None:
-                db.add(usage)
-            if calibration is not None:
-                await _add_calibration(db, *calibration)
+            # A retry after a commit whose answer was lost finds its usage row there: count neither it nor the
+            # calibration sample twice.
+            first_time = usage is None or await insert_usage_once(db, usage)
+            if calibration is not None and first_time:
+                await add_calibration(db, *calibration)
 
     async def list_sessions(self, agent_id: str | None, limit: int, cursor: str | None) -> SessionPage:
         query = select(ChatSession).order_by(ChatSession.updated_at.desc(), ChatSession.id.desc()).limit(limit + 1)
@@ -262,24 +261,3 @@ class ChatStore:
     async def calibration(self, model: str) -> TokenCalibration | None:
         async with self._db.read() as db:
             return await db.get(TokenCalibration, model)
-
-
-async def _add_calibration(db: DbSession, model: str, estimated: int, reported: int) -> None:
-    # One atomic upsert, incremented in SQL: processes finishing turns of one model at once neither lose a sample
-    # nor collide on the first insert (UPDATE-then-INSERT would, on PostgreSQL).
-    dialect = db.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    now = utcnow()
-    stmt = insert(TokenCalibration).values(
-        model=model, samples=1, estimated_tokens=estimated, reported_tokens=reported, updated_at=now
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[TokenCalibration.model],
-        set_={
-            "samples": TokenCalibration.samples + 1,
-            "estimated_tokens": TokenCalibration.estimated_tokens + estimated,
-            "reported_tokens": TokenCalibration.reported_tokens + reported,
-            "updated_at": now,
-        },
-    )
-    await db.execute(stmt)

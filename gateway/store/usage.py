@@ -15,6 +15,7 @@ from sqlalchemy.sql import ColumnElement
 
 from ..models import UsageDaily, UsageRecord
 from .base import Database
+from .upserts import insert_usage_once
 
 U = UsageRecord
 D = UsageDaily
@@ -207,4 +208,4 @@ class UsageStore:
 
     async def insert(self, record: UsageRecord) -> None:
         async with self._db.write() as db:
-            db.add(record)
+            await insert_usage_once(db, record)
