@@ -132,7 +132,7 @@ class PgSessionLocks:
                 await self._conn.scalar(_UNLOCK, {"key": key})
             except Exception as exc:
                 # Dead connection: the server already dropped the lock. Reconnect lazily, on the next acquire.
-                log.warning("could not unlock session %s (%s); its lock connection is dropped", session_id, exc)
+                log.warning("lock connection lost (%s): session %s was freed with it", type(exc).__name__, session_id)
                 await self._drop()
 
     async def close(self) -> None:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import bench_cmd, chat_cmd, context_cmd, keys_cmd, prices_cmd, serve_cmd, token_cmd, usage_cmd
+from . import bench_cmd, chat_cmd, context_cmd, db_cmd, keys_cmd, prices_cmd, serve_cmd, token_cmd, usage_cmd
 
-COMMANDS = (serve_cmd, chat_cmd, keys_cmd, prices_cmd, token_cmd, context_cmd, usage_cmd, bench_cmd)
+COMMANDS = (serve_cmd, chat_cmd, keys_cmd, prices_cmd, token_cmd, context_cmd, usage_cmd, bench_cmd, db_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
