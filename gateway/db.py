@@ -23,6 +23,20 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK_KEY = 0x4147_5357  # "AGSW"
 # asyncpg waits 60 s for a server by default; during an outage a client should hear DATABASE_UNAVAILABLE sooner.
 PG_CONNECT_TIMEOUT_S = 5.0
+# Per-connection server settings. The keepalives make the server notice within about a minute that the machine on
+# the other end is gone (power loss, network cut; a process that merely dies closes its sockets at once): its session
+# locks are then freed and its connection slots returned. The server's default waits for the OS, usually 2 hours.
+PG_KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+
+
+def pg_connect_args(application_name: str, **extra: object) -> dict[str, object]:
+    return {
+        "timeout": PG_CONNECT_TIMEOUT_S,
+        "server_settings": {"application_name": application_name, **PG_KEEPALIVES},
+        **extra,
+    }
+
+
 # SQLSTATE classes that mean "the server or the link to it is gone", not "this statement is wrong":
 # 08 connection exception, 57P01-57P03 admin/crash shutdown and "cannot connect now" (starting up, shutting down).
 _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")  # 53300: too many connections
@@ -71,7 +85,7 @@ def create_engine(db_url: str, *, pool_size: int = 5, max_overflow: int = 5) -> 
         json_deserializer=json_loads,
         # A request waiting this long for a pooled connection gets DATABASE_UNAVAILABLE rather than hanging.
         pool_timeout=10,
-        connect_args={"timeout": PG_CONNECT_TIMEOUT_S, "server_settings": {"application_name": "agentspace"}},
+        connect_args=pg_connect_args("agentspace"),
     )
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from .db import PG_CONNECT_TIMEOUT_S, is_connectivity_error
+from .db import is_connectivity_error, pg_connect_args
 from .errors import DatabaseUnavailable, StreamInProgress
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,7 @@ class PgSessionLocks:
             engine.url,
             poolclass=NullPool,
             isolation_level="AUTOCOMMIT",
-            connect_args={
-                "timeout": PG_CONNECT_TIMEOUT_S,
-                "command_timeout": _STATEMENT_TIMEOUT_S,
-                "server_settings": {"application_name": "agentspace-locks"},
-            },
+            connect_args=pg_connect_args("agentspace-locks", command_timeout=_STATEMENT_TIMEOUT_S),
         )
         locks = cls(lock_engine)
         try:
