@@ -94,7 +94,13 @@ class Turn:
             return
         session: ChatSession | None = None
         if self.session_id is not None:
-            self._lease = await s.locks.acquire(self.session_id)
+            try:
+                self._lease = await s.locks.acquire(self.session_id)
+            except errors.StreamInProgress:
+                # A resend racing its original: if the original is stored by now, its state is the answer.
+                if key is not None and await self._answer_duplicate(key):
+                    return
+                raise
             session = await s.store.chats.get_session(self.session_id)
             wanted_agent = req.get("agentId")
             if session is None or (wanted_agent is not None and wanted_agent != session.agent_id):

@@ -109,7 +109,8 @@ def estimate_tokens(body: dict[str, Any]) -> int:
 
 
 def create_app(fake: FakeAnthropic) -> web.Application:
-    app = web.Application()
+    # The real Messages API takes request bodies up to 32 MB (aiohttp would stop at 1 MB).
+    app = web.Application(client_max_size=32 * 1024 * 1024)
     app.router.add_post("/v1/messages", fake._handle_messages)
     app.router.add_post("/v1/messages/count_tokens", fake._handle_count_tokens)
     return app

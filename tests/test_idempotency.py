@@ -1,0 +1,99 @@
+"""A resent chat.send (same idempotencyKey) never starts a second upstream request; it answers `chat.state`."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientWebSocketResponse
+
+from gateway import errors
+from gateway.handlers import SERVICES
+from tests.conftest import Gateway, chat, collect, recv, send
+from tests.fake_anthropic import FakeAnthropic, Reply
+
+
+def message_requests(fake: FakeAnthropic) -> int:
+    return len([r for r in fake.requests if r.path == "/v1/messages"])
+
+
+async def test_resend_after_finishing_answers_the_stored_state(
+    gateway: Gateway, ws: ClientWebSocketResponse, fake: FakeAnthropic
+) -> None:
+    fake.queue(Reply(text="the one answer"))
+    first = await chat(ws, "hello", idempotencyKey="key-1")
+    end = first[-1]
+    assert end["type"] == "chat.stream.end"
+    other = await gateway.ws()  # a reconnecting client resends on a fresh socket
+    again = await chat(other, "hello", id="t2", idempotencyKey="key-1")
+    assert again == [
+        {
+            "type": "chat.state",
+            "id": "t2",
+            "duplicate": True,
+            "sessionId": end["sessionId"],
+            "userMessageId": again[0]["userMessageId"],
+            "messageId": end["messageId"],
+            "status": "complete",
+            "stopReason": "end_turn",
+            "text": "the one answer",
+        }
+    ]
+    assert message_requests(fake) == 1
+    await other.close()
+
+
+async def test_resend_while_running_answers_streaming(gateway: Gateway, fake: FakeAnthropic) -> None:
+    fake.queue(Reply(text="slow and steady", hold_after_deltas=1))
+    first = await gateway.ws()
+    await send(first, {"type": "chat.send", "id": "a", "content": "hello", "idempotencyKey": "key-2"})
+    created = await recv(first)
+    await fake.wait_held()
+    second = await gateway.ws()
+    for fields in ({}, {"sessionId": created["sessionId"]}):  # with and without the session it went to
+        state = (await chat(second, "hello", id="b", idempotencyKey="key-2", **fields))[-1]
+        assert (state["type"], state["status"], state["sessionId"]) == ("chat.state", "streaming", created["sessionId"])
+    fake.release()
+    assert (await collect(first))[-1]["type"] == "chat.stream.end"
+    assert message_requests(fake) == 1
+    await first.close()
+    await second.close()
+
+
+@pytest.mark.parametrize("same_session", [False, True])
+async def test_simultaneous_resends_start_one_request(
+    gateway: Gateway, fake: FakeAnthropic, tmp_path: Path, same_session: bool
+) -> None:
+    sockets = [await gateway.ws() for _ in range(4)]
+    fields = {}
+    if same_session:
+        fields["sessionId"] = (await chat(sockets[0], "start a session"))[0]["sessionId"]
+    before = message_requests(fake)
+    frame = {"type": "chat.send", "id": "r", "content": "once only", "idempotencyKey": "key-3", **fields}
+    await asyncio.gather(*(send(ws, frame) for ws in sockets))
+    outcomes = await asyncio.gather(*(collect(ws) for ws in sockets))
+    ends = [o[-1] for o in outcomes]
+    assert [e["type"] for e in ends].count("chat.stream.end") == 1
+    for e in ends:
+        # The losers learn the winner's state, or (same session, original not stored yet) to retry shortly.
+        assert e["type"] in ("chat.stream.end", "chat.state") or (same_session and e["code"] == "STREAM_IN_PROGRESS")
+    assert message_requests(fake) - before == 1
+    db = sqlite3.connect(tmp_path / "gateway.db")
+    assert db.execute("select count(*) from messages where idempotency_key = 'key-3'").fetchone() == (1,)
+    assert db.execute("select count(*) from sessions").fetchone() == (1,)
+    for ws in sockets:
+        await ws.close()
+
+
+async def test_losing_the_race_to_the_unique_index_is_a_duplicate(gateway: Gateway, tmp_path: Path) -> None:
+    """Two sends that both passed the duplicate check: the database decides, and the loser writes nothing."""
+    chats = gateway.app[SERVICES].store.chats
+    turn = {"session_id": None, "agent_id": "default", "model": "m", "content": "hi", "idempotency_key": "key-4"}
+    await chats.begin_turn(**turn)
+    with pytest.raises(errors.DuplicateRequest):
+        await chats.begin_turn(**turn)
+    db = sqlite3.connect(tmp_path / "gateway.db")
+    assert db.execute("select count(*) from sessions").fetchone() == (1,)
+    assert db.execute("select count(*) from messages").fetchone() == (2,)
