@@ -4,13 +4,12 @@ Each gets a clean answer, and whatever is accepted is stored and returned exactl
 from __future__ import annotations
 
 import json
-import sqlite3
-from pathlib import Path
 
 import pytest
 from aiohttp import ClientWebSocketResponse
 
 from tests.conftest import chat, deltas, recv, request
+from tests.databases import rows
 from tests.fake_anthropic import FakeAnthropic, Reply
 
 FRAGMENTS = [
@@ -42,7 +41,7 @@ async def test_nul_is_refused_naming_the_field(ws: ClientWebSocketResponse, fake
 
 
 async def test_lone_surrogates_are_refused_and_pairs_are_text(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str
 ) -> None:
     # JSON lets a lone "\ud800" through; UTF-8 (the socket and both databases) cannot carry it.
     lone = await _raw(ws, '{"type":"chat.send","id":"s","content":"half \\ud800 a pair"}')
@@ -54,12 +53,11 @@ async def test_lone_surrogates_are_refused_and_pairs_are_text(
     while frames[-1]["type"] != "chat.stream.end":
         frames.append(await recv(ws))
     assert deltas(frames) == "You said: smile 😀"
-    db = sqlite3.connect(tmp_path / "gateway.db")
-    assert db.execute("select text from messages where role = 'user'").fetchone() == ("smile 😀",)
+    assert await rows(db_url, "select text from messages where role = 'user'") == [("smile 😀",)]
 
 
 async def test_a_megabyte_of_emoji_is_stored_and_returned_exactly(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str
 ) -> None:
     content = "😀🏳️‍🌈👩🏽‍💻" * 35_000  # 1.0 MB of UTF-8, with joiners and modifiers
     assert len(content.encode()) > 1_000_000 and len(content) < 1_000_000
@@ -72,13 +70,12 @@ async def test_a_megabyte_of_emoji_is_stored_and_returned_exactly(
     assert fake.requests[-1].body["messages"][0]["content"][0]["text"] == content  # sent upstream exactly
     history = await request(ws, {"type": "session.history", "sessionId": frames[0]["sessionId"]})
     assert history["messages"][0]["text"] == content
-    db = sqlite3.connect(tmp_path / "gateway.db")
-    assert db.execute("select text from messages where role = 'user'").fetchone() == (content,)
+    assert await rows(db_url, "select text from messages where role = 'user'") == [(content,)]
 
 
 @pytest.mark.parametrize("fragment", FRAGMENTS)
 async def test_sql_and_path_fragments_as_ids(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, tmp_path: Path, fragment: str
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str, fragment: str
 ) -> None:
     missing = await request(ws, {"type": "session.history", "id": fragment, "sessionId": fragment})
     assert (missing["code"], missing["sessionId"], missing["id"]) == ("SESSION_NOT_FOUND", fragment, fragment)
@@ -89,10 +86,8 @@ async def test_sql_and_path_fragments_as_ids(
     # Stored exactly where a free string is allowed.
     end = (await chat(ws, fragment, idempotencyKey=fragment, model=fragment[:128]))[-1]
     assert end["type"] == "chat.stream.end", end
-    db = sqlite3.connect(tmp_path / "gateway.db")
-    assert db.execute("select text, idempotency_key from messages where role = 'user'").fetchone() == (
-        fragment,
-        fragment,
-    )
-    assert db.execute("select count(*) from sessions").fetchone() == (1,)  # nothing dropped, nothing extra
+    assert await rows(db_url, "select text, idempotency_key from messages where role = 'user'") == [
+        (fragment, fragment)
+    ]
+    assert await rows(db_url, "select count(*) from sessions") == [(1,)]  # nothing dropped, nothing extra
     assert (await chat(ws, "again", idempotencyKey=fragment))[-1]["type"] == "chat.state"

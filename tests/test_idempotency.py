@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
 
 import pytest
 from aiohttp import ClientWebSocketResponse
 
 from gateway import errors
 from gateway.handlers import SERVICES
+from gateway.store.chats import new_id
 from tests.conftest import Gateway, chat, collect, recv, send
+from tests.databases import rows
 from tests.fake_anthropic import FakeAnthropic, Reply
 
 
@@ -64,7 +64,7 @@ async def test_resend_while_running_answers_streaming(gateway: Gateway, fake: Fa
 
 @pytest.mark.parametrize("same_session", [False, True])
 async def test_simultaneous_resends_start_one_request(
-    gateway: Gateway, fake: FakeAnthropic, tmp_path: Path, same_session: bool
+    gateway: Gateway, fake: FakeAnthropic, db_url: str, same_session: bool
 ) -> None:
     sockets = [await gateway.ws() for _ in range(4)]
     fields = {}
@@ -80,20 +80,18 @@ async def test_simultaneous_resends_start_one_request(
         # The losers learn the winner's state, or (same session, original not stored yet) to retry shortly.
         assert e["type"] in ("chat.stream.end", "chat.state") or (same_session and e["code"] == "STREAM_IN_PROGRESS")
     assert message_requests(fake) - before == 1
-    db = sqlite3.connect(tmp_path / "gateway.db")
-    assert db.execute("select count(*) from messages where idempotency_key = 'key-3'").fetchone() == (1,)
-    assert db.execute("select count(*) from sessions").fetchone() == (1,)
+    assert await rows(db_url, "select count(*) from messages where idempotency_key = 'key-3'") == [(1,)]
+    assert await rows(db_url, "select count(*) from sessions") == [(1,)]
     for ws in sockets:
         await ws.close()
 
 
-async def test_losing_the_race_to_the_unique_index_is_a_duplicate(gateway: Gateway, tmp_path: Path) -> None:
+async def test_losing_the_race_to_the_unique_index_is_a_duplicate(gateway: Gateway, db_url: str) -> None:
     """Two sends that both passed the duplicate check: the database decides, and the loser writes nothing."""
     chats = gateway.app[SERVICES].store.chats
-    turn = {"session_id": None, "agent_id": "default", "model": "m", "content": "hi", "idempotency_key": "key-4"}
-    await chats.begin_turn(**turn)
+    turn = {"agent_id": "default", "model": "m", "content": "hi", "idempotency_key": "key-4", "create": True}
+    await chats.begin_turn(session_id=new_id(), **turn)
     with pytest.raises(errors.DuplicateRequest):
-        await chats.begin_turn(**turn)
-    db = sqlite3.connect(tmp_path / "gateway.db")
-    assert db.execute("select count(*) from sessions").fetchone() == (1,)
-    assert db.execute("select count(*) from messages").fetchone() == (2,)
+        await chats.begin_turn(session_id=new_id(), **turn)
+    assert await rows(db_url, "select count(*) from sessions") == [(1,)]
+    assert await rows(db_url, "select count(*) from messages") == [(2,)]
