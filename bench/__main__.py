@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="where to write the JSON (default bench/results/<time>.json)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the docs)")
     parser.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
+    parser.add_argument(
+        "--profile", action="store_true", help="record the gateway with py-spy in each streaming scenario"
+    )
     args = parser.parse_args(argv)
     if args.db_url is not None and not args.db_url.startswith("postgresql"):
         parser.error("--db-url is for PostgreSQL; SQLite is the default and gets a fresh file per run")
@@ -85,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)
 
-    results = asyncio.run(run_plan(plan, args.db_url, log))
+    profile_dir = None
+    if args.profile:
+        profile_dir = RESULTS_DIR / f"profile-{started.strftime('%Y%m%d-%H%M%S')}"
+        profile_dir.mkdir(parents=True)
+    results = asyncio.run(run_plan(plan, args.db_url, log, profile_dir))
     rows = build_rows(results)
     machine_info = machine()
     report = {

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from . import profile
 from .procs import (
     Proc,
     UpstreamConfig,
@@ -121,8 +122,11 @@ class Stack:
 
 
 class Runner:
-    def __init__(self, plan: Plan, db_url: str | None, work: Path, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, plan: Plan, db_url: str | None, work: Path, log: Callable[[str], None], profile_dir: Path | None = None
+    ) -> None:
         self.plan = plan
+        self.profile_dir = profile_dir
         self.log = log
         self.db_url = db_url
         self.work = work
@@ -181,7 +185,9 @@ async def seed(db_url: str, home: Path, q: QueryScenario, log_dir: Path) -> dict
     return seeded
 
 
-async def run_stream(load: LoadGen, stack: Stack, sc: StreamScenario, log: Callable[[str], None]) -> dict[str, Any]:
+async def run_stream(
+    load: LoadGen, stack: Stack, sc: StreamScenario, log: Callable[[str], None], profile_dir: Path | None = None
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for target in TARGETS:
         log(f"bench:   {sc.name} -> {target}")
@@ -197,7 +203,19 @@ async def run_stream(load: LoadGen, stack: Stack, sc: StreamScenario, log: Calla
             "turns_per_session": sc.turns_per_session,
             "stall_s": sc.stall_s,
         }
-        results[target] = await load.run(cmd, sc.warmup_s + sc.duration_s + LOAD_REPLY_GRACE_S)
+        spy = None
+        if profile_dir is not None and target == "gateway":
+            spy = await profile.start(proc.pid, profile_dir / f"{sc.key}-gateway.raw", profile_dir)
+        try:
+            results[target] = await load.run(cmd, sc.warmup_s + sc.duration_s + LOAD_REPLY_GRACE_S)
+        finally:
+            if spy is not None:
+                await profile.stop(spy)
+        if spy is not None and profile_dir is not None:
+            raw = profile_dir / f"{sc.key}-gateway.raw"
+            summary = profile.summarize(raw)
+            (profile_dir / f"{sc.key}-gateway.txt").write_text(summary + "\n")
+            log(f"bench:   profile of the gateway: {raw} (summary beside it)")
         stack.check_alive()
     return {"kind": sc.kind, "name": sc.name, "config": asdict(sc), "results": results}
 
@@ -257,11 +275,13 @@ async def run_queries(load: LoadGen, stack: Stack, sc: QueryScenario, seeded: di
     return {"kind": "queries", "name": sc.name, "config": asdict(sc), "seeded": seeded, "results": result}
 
 
-async def run_plan(plan: Plan, db_url: str | None, log: Callable[[str], None]) -> dict[str, Any]:
+async def run_plan(
+    plan: Plan, db_url: str | None, log: Callable[[str], None], profile_dir: Path | None = None
+) -> dict[str, Any]:
     """Every scenario of the plan, in order; returns {scenario key: result}."""
     out: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix="agentspace-bench-"))
-    runner = Runner(plan, db_url, work, log)
+    runner = Runner(plan, db_url, work, log, profile_dir)
     load = await LoadGen.start(work)
     try:
         if plan.quick:
@@ -282,7 +302,7 @@ async def _run_fresh(runner: Runner, load: LoadGen, plan: Plan, out: dict[str, A
     for sc in plan.streams:
         log(f"bench: {sc.name} ({sc.upstream.words} words, {sc.upstream.delay_ms} ms apart) ...")
         async with runner.stack(sc.key, sc.upstream, bare=True) as (stack, _):
-            out[sc.key] = await run_stream(load, stack, sc, log)
+            out[sc.key] = await run_stream(load, stack, sc, log, runner.profile_dir)
     if plan.idle is not None:
         log(f"bench: {plan.idle.name} connections, then {plan.idle.streaming} streaming ...")
         async with runner.stack("idle", plan.idle.upstream, bare=True) as (stack, _):
@@ -303,7 +323,7 @@ async def _run_shared(runner: Runner, load: LoadGen, plan: Plan, out: dict[str, 
         log("bench: processes up")
         for sc in plan.streams:
             log(f"bench: {sc.name} ...")
-            out[sc.key] = await run_stream(load, stack, sc, log)
+            out[sc.key] = await run_stream(load, stack, sc, log, runner.profile_dir)
         if plan.idle is not None:
             log(f"bench: {plan.idle.name} ...")
             out["idle"] = await run_idle(load, stack, plan.idle)
