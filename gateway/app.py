@@ -51,10 +51,12 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
     upstream: Upstream | None = None
     locks: SessionLocks | None = None
+    database: Database | None = None
     try:
         await upgrade_to_head(engine)
-        app[METRICS].watch_engine(engine)
         database = Database(engine, make_sessionmaker(engine))
+        for sync_engine in database.sync_engines:
+            app[METRICS].watch_engine(sync_engine)
         store = Store(database)
         locks = await _make_locks(settings, database)
         recovered = await recover_orphans(store, locks)
@@ -71,6 +73,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             await upstream.close()
         if locks is not None:
             await locks.close()
+        if database is not None:
+            await database.close()
         await engine.dispose()
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .accounting import TokenUsage
@@ -86,9 +86,9 @@ class Metrics:
         self.connections.set_function(connections)
         self.active_streams.set_function(active_streams)
 
-    def watch_engine(self, engine: AsyncEngine) -> None:
+    def watch_engine(self, engine: AsyncEngine | Engine) -> None:
         """Time every statement at the driver cursor, which covers all SQL without touching the store."""
-        sync = engine.sync_engine
+        sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
         def before(conn: Any, _cursor: Any, _statement: str, _params: Any, _context: Any, _many: bool) -> None:
             conn.info["agentspace_t0"] = time.perf_counter()

@@ -1,11 +1,18 @@
-"""One AsyncSession per unit of work; on SQLite, writes are serialized in-process (it has one writer)."""
+"""One AsyncSession per unit of work; on SQLite, writes are serialized in-process (it has one writer).
+
+The hot path (a turn's reads and writes) uses `run`: a plain function of a sync Connection, in one transaction, run
+in SQLite's own threads (one event-loop hop per transaction) or on PostgreSQL through `run_sync`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -13,6 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 
 from ..db import is_connectivity_error
 from ..errors import DatabaseUnavailable
+from .sqlite_threads import SqliteThreads
+
+T = TypeVar("T")
 
 
 class Database:
@@ -22,6 +32,41 @@ class Database:
         self.dialect = engine.dialect.name
         # PostgreSQL handles concurrent writers itself; SQLite would answer "database is locked" instead.
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.dialect == "sqlite" else None
+        database = engine.url.database
+        # A file database gets threads of its own; ":memory:" is one connection's private database, so it stays on
+        # the async engine's.
+        self._threads: SqliteThreads | None = (
+            SqliteThreads(engine.url) if self.dialect == "sqlite" and database and database != ":memory:" else None
+        )
+
+    @property
+    def sync_engines(self) -> list[Engine]:
+        """Every engine that runs SQL for this database (for metrics hooks)."""
+        engines = [self.engine.sync_engine]
+        if self._threads is not None:
+            engines.append(self._threads.engine)
+        return engines
+
+    async def run(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        """`work(connection)` as one unit of work: one transaction, committed when `write` and it returns."""
+        try:
+            if self._threads is not None:
+                if not write:
+                    return await self._threads.run(work, write=False)
+                assert self._write_lock is not None
+                async with self._write_lock:
+                    return await self._threads.run(work, write=True)
+            async with self.engine.begin() if write else self.engine.connect() as connection:
+                return await connection.run_sync(work)
+        except (DBAPIError, SATimeoutError, OSError) as exc:
+            if is_connectivity_error(exc):
+                raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+            raise
+
+    async def close(self) -> None:
+        if self._threads is not None:
+            threads, self._threads = self._threads, None
+            await asyncio.to_thread(threads.close)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[DbSession]:

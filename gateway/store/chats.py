@@ -6,9 +6,10 @@ import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import DuplicateRequest, InvalidMessage, SessionNotFound
@@ -18,6 +19,44 @@ from .history import HistoryItem, HistoryLoader
 from .upserts import add_calibration, insert_usage_once
 
 TITLE_CHARS = 80
+
+# A turn's statements, built once (building one costs about what running it does) and run through Database.run:
+# in SQLite's own threads, one event-loop hop per transaction rather than the async ORM's one per statement.
+_S = cast(Table, ChatSession.__table__)
+_M = cast(Table, Message.__table__)
+_C = cast(Table, TokenCalibration.__table__)
+_GET_SESSION = select(_S).where(_S.c.id == bindparam("session_id"))
+_GET_CALIBRATION = select(_C).where(_C.c.model == bindparam("model"))
+_NEW_SESSION = insert(_S)
+# Continuing a session: bump it, and learn both that it exists and its last seq, in one statement.
+_BUMP_SESSION = (
+    update(_S)
+    .where(_S.c.id == bindparam("session_id"))
+    .values(message_count=_S.c.message_count + 2, updated_at=bindparam("now"), model=bindparam("model"))
+    .returning(
+        *_S.c,
+        select(func.max(_M.c.seq)).where(_M.c.session_id == bindparam("session_id")).scalar_subquery(),
+    )
+)
+_NEW_MESSAGES = insert(_M)
+_CHECKPOINT = (
+    update(_M)
+    .where(_M.c.id == bindparam("message_id"), _M.c.status == "streaming")
+    .values(content=bindparam("content"), text=bindparam("text"), updated_at=bindparam("now"))
+)
+_FINISH_MESSAGE = (
+    update(_M)
+    .where(_M.c.id == bindparam("message_id"))
+    .values(
+        content=bindparam("content"),
+        text=bindparam("text"),
+        status=bindparam("status"),
+        stop_reason=bindparam("stop_reason"),
+        error_code=bindparam("error_code"),
+        updated_at=bindparam("now"),
+    )
+)
+_TOUCH_SESSION = update(_S).where(_S.c.id == bindparam("session_id")).values(updated_at=bindparam("now"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +108,11 @@ class ChatStore:
         self._history = HistoryLoader(database)
 
     async def get_session(self, session_id: str) -> ChatSession | None:
-        async with self._db.read() as db:
-            return await db.get(ChatSession, session_id)
+        def work(conn: Connection) -> ChatSession | None:
+            row = conn.execute(_GET_SESSION, {"session_id": session_id}).first()
+            return None if row is None else ChatSession(**row._asdict())
+
+        return await self._db.run(work)
 
     async def load_history(self, session_id: str) -> list[HistoryItem]:
         """Every message of the session in order, for assembling the next request."""
@@ -111,65 +153,67 @@ class ChatStore:
         self, session_id: str, create: bool, agent_id: str, model: str, content: str, idempotency_key: str | None
     ) -> TurnRows:
         now = utcnow()
-        async with self._db.write() as db:
-            created = create
+        user_id, reply_id = new_id(), new_id()
+
+        def work(conn: Connection) -> TurnRows:
             if create:
-                session = ChatSession(
-                    id=session_id,
-                    agent_id=agent_id,
-                    title=make_title(content),
-                    model=model,
-                    message_count=0,
-                    created_at=now,
-                    updated_at=now,
-                )
-                db.add(session)
-                next_seq = 0
+                fields = {
+                    "id": session_id,
+                    "agent_id": agent_id,
+                    "title": make_title(content),
+                    "model": model,
+                    "message_count": 2,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                conn.execute(_NEW_SESSION, fields)
+                session, next_seq = ChatSession(**fields), 0
             else:
-                found = await db.get(ChatSession, session_id)
-                if found is None:
+                row = conn.execute(_BUMP_SESSION, {"session_id": session_id, "now": now, "model": model}).first()
+                if row is None:
                     raise SessionNotFound(f"session {session_id} does not exist", sessionId=session_id)
-                session = found
-                last = await db.scalar(select(func.max(Message.seq)).where(Message.session_id == session.id))
-                next_seq = 0 if last is None else last + 1
-            user = Message(
-                id=new_id(),
-                session_id=session.id,
-                seq=next_seq,
-                role="user",
-                content=[{"type": "text", "text": content}],
-                text=content,
-                model=None,
-                status="complete",
-                idempotency_key=idempotency_key,
-                created_at=now,
-                updated_at=now,
+                *columns, last_seq = row
+                session = ChatSession(**dict(zip(_S.c.keys(), columns, strict=True)))
+                next_seq = 0 if last_seq is None else last_seq + 1
+            user = {
+                "id": user_id,
+                "session_id": session_id,
+                "seq": next_seq,
+                "role": "user",
+                "content": [{"type": "text", "text": content}],
+                "text": content,
+                "model": None,
+                "status": "complete",
+                "stop_reason": None,
+                "error_code": None,
+                "idempotency_key": idempotency_key,
+                "created_at": now,
+                "updated_at": now,
+            }
+            reply = {
+                **user,
+                "id": reply_id,
+                "seq": next_seq + 1,
+                "role": "assistant",
+                "content": [],
+                "text": "",
+                "model": model,
+                "status": "streaming",
+                "idempotency_key": None,
+            }
+            conn.execute(_NEW_MESSAGES, [user, reply])
+            return TurnRows(
+                session=session,
+                user_message=Message(**user),
+                assistant_message=Message(**reply),
+                session_created=create,
             )
-            reply = Message(
-                id=new_id(),
-                session_id=session.id,
-                seq=next_seq + 1,
-                role="assistant",
-                content=[],
-                text="",
-                model=model,
-                status="streaming",
-                created_at=now,
-                updated_at=now,
-            )
-            session.message_count += 2
-            session.updated_at = now
-            session.model = model
-            db.add_all([user, reply])
-        return TurnRows(session=session, user_message=user, assistant_message=reply, session_created=created)
+
+        return await self._db.run(work, write=True)
 
     async def checkpoint(self, message_id: str, content: list[dict[str, Any]], text: str) -> None:
-        async with self._db.write() as db:
-            await db.execute(
-                update(Message)
-                .where(Message.id == message_id, Message.status == "streaming")
-                .values(content=content, text=text, updated_at=utcnow())
-            )
+        params = {"message_id": message_id, "content": content, "text": text, "now": utcnow()}
+        await self._db.run(lambda conn: conn.execute(_CHECKPOINT, params), write=True)
 
     async def finish_turn(
         self,
@@ -186,25 +230,26 @@ class ChatStore:
     ) -> None:
         """The reply, its usage row and the calibration sample land together or not at all."""
         now = utcnow()
-        async with self._db.write() as db:
-            await db.execute(
-                update(Message)
-                .where(Message.id == message_id)
-                .values(
-                    content=content,
-                    text=text,
-                    status=status,
-                    stop_reason=stop_reason,
-                    error_code=error_code,
-                    updated_at=now,
-                )
-            )
-            await db.execute(update(ChatSession).where(ChatSession.id == session_id).values(updated_at=now))
+        reply = {
+            "message_id": message_id,
+            "content": content,
+            "text": text,
+            "status": status,
+            "stop_reason": stop_reason,
+            "error_code": error_code,
+            "now": now,
+        }
+
+        def work(conn: Connection) -> None:
+            conn.execute(_FINISH_MESSAGE, reply)
+            conn.execute(_TOUCH_SESSION, {"session_id": session_id, "now": now})
             # A retry after a commit whose answer was lost finds its usage row there: count neither it nor the
             # calibration sample twice.
-            first_time = usage is None or await insert_usage_once(db, usage)
+            first_time = usage is None or insert_usage_once(conn, usage)
             if calibration is not None and first_time:
-                await add_calibration(db, *calibration)
+                add_calibration(conn, *calibration)
+
+        await self._db.run(work, write=True)
 
     async def list_sessions(self, agent_id: str | None, limit: int, cursor: str | None) -> SessionPage:
         query = select(ChatSession).order_by(ChatSession.updated_at.desc(), ChatSession.id.desc()).limit(limit + 1)
@@ -259,5 +304,8 @@ class ChatStore:
             return int(getattr(result, "rowcount", 0) or 0)
 
     async def calibration(self, model: str) -> TokenCalibration | None:
-        async with self._db.read() as db:
-            return await db.get(TokenCalibration, model)
+        def work(conn: Connection) -> TokenCalibration | None:
+            row = conn.execute(_GET_CALIBRATION, {"model": model}).first()
+            return None if row is None else TokenCalibration(**row._asdict())
+
+        return await self._db.run(work)

@@ -86,10 +86,8 @@ class HistoryLoader:
         return items
 
     async def _rows(self, statement: Any, **params: Any) -> list[Any]:
-        async with self._db.read() as db:
-            # A Core read on the session's connection: no ORM result machinery for plain columns.
-            connection = await db.connection()
-            return list((await connection.execute(statement, params)).all())
+        # A Core read: no ORM result machinery for plain columns, and on SQLite one hop to its reader thread.
+        return await self._db.run(lambda conn: list(conn.execute(statement, params).all()))
 
     def _remember(self, key: tuple[str, str], content: list[dict[str, Any]], chars: int) -> None:
         if chars > self._max_chars or key in self._cache:

@@ -1,49 +1,66 @@
 """Writes that stay exact when several processes (or a retry after an unclear commit) write at once: each is one
-statement the database settles itself (INSERT ... ON CONFLICT, which SQLite and PostgreSQL both speak)."""
+statement the database settles itself (INSERT ... ON CONFLICT, which SQLite and PostgreSQL both speak).
+
+Plain functions of a sync Connection, run inside a `Database.run` unit of work; the statements are built once per
+dialect (building one costs about what running it does).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, cast
 
-from sqlalchemy import inspect
+from sqlalchemy import Table, bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession as DbSession
+from sqlalchemy.engine import Connection
 
 from ..models import TokenCalibration, UsageRecord, utcnow
 
-
-def _insert(db: DbSession) -> Any:
-    return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
-async def insert_usage_once(db: DbSession, record: UsageRecord) -> bool:
-    """Insert the row unless its id is already there; False when it was. A save retried after a commit whose answer
-    was lost (the connection dropped) must not count the same request twice."""
-    values = {
-        attr.key: getattr(record, attr.key)
-        for attr in inspect(UsageRecord).column_attrs
-        if getattr(record, attr.key) is not None  # unset columns take their defaults
-    }
-    stmt = _insert(db)(UsageRecord).values(**values).on_conflict_do_nothing(index_elements=[UsageRecord.id])
-    result = await db.execute(stmt)
-    return bool(getattr(result, "rowcount", 0))
+_U = cast(Table, UsageRecord.__table__)
+_C = cast(Table, TokenCalibration.__table__)
 
 
-async def add_calibration(db: DbSession, model: str, estimated: int, reported: int) -> None:
-    """One atomic upsert, incremented in SQL: processes finishing turns of one model at once neither lose a sample
-    nor collide on the first insert (UPDATE-then-INSERT would, on PostgreSQL)."""
-    now = utcnow()
-    stmt = _insert(db)(TokenCalibration).values(
-        model=model, samples=1, estimated_tokens=estimated, reported_tokens=reported, updated_at=now
+def _insert(dialect: str) -> Any:
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
+@functools.cache
+def _usage_once(dialect: str) -> Any:
+    return _insert(dialect)(_U).on_conflict_do_nothing(index_elements=[_U.c.id])
+
+
+@functools.cache
+def _calibration(dialect: str) -> Any:
+    stmt = _insert(dialect)(_C).values(
+        model=bindparam("model"),
+        samples=1,
+        estimated_tokens=bindparam("estimated"),
+        reported_tokens=bindparam("reported"),
+        updated_at=bindparam("now"),
     )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[TokenCalibration.model],
+    return stmt.on_conflict_do_update(
+        index_elements=[_C.c.model],
         set_={
-            "samples": TokenCalibration.samples + 1,
-            "estimated_tokens": TokenCalibration.estimated_tokens + estimated,
-            "reported_tokens": TokenCalibration.reported_tokens + reported,
-            "updated_at": now,
+            "samples": _C.c.samples + 1,
+            "estimated_tokens": _C.c.estimated_tokens + stmt.excluded.estimated_tokens,
+            "reported_tokens": _C.c.reported_tokens + stmt.excluded.reported_tokens,
+            "updated_at": stmt.excluded.updated_at,
         },
     )
-    await db.execute(stmt)
+
+
+def insert_usage_once(conn: Connection, record: UsageRecord) -> bool:
+    """Insert the row unless its id is already there; False when it was. A save retried after a commit whose answer
+    was lost (the connection dropped) must not count the same request twice."""
+    # Unset columns are left out, so their defaults apply.
+    values = {c.key: v for c in _U.c if (v := getattr(record, c.key)) is not None}
+    result = conn.execute(_usage_once(conn.dialect.name), values)
+    return bool(result.rowcount)
+
+
+def add_calibration(conn: Connection, model: str, estimated: int, reported: int) -> None:
+    """One atomic upsert, incremented in SQL: processes finishing turns of one model at once neither lose a sample
+    nor collide on the first insert (UPDATE-then-INSERT would, on PostgreSQL)."""
+    params = {"model": model, "estimated": estimated, "reported": reported, "now": utcnow()}
+    conn.execute(_calibration(conn.dialect.name), params)

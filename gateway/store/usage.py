@@ -207,5 +207,4 @@ class UsageStore:
         return sum(t.total_cost for t in per_model.values())
 
     async def insert(self, record: UsageRecord) -> None:
-        async with self._db.write() as db:
-            await insert_usage_once(db, record)
+        await self._db.run(lambda conn: insert_usage_once(conn, record), write=True)
