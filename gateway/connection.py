@@ -60,6 +60,10 @@ class TokenBucket:
         return False
 
 
+def _too_fast() -> errors.RateLimited:
+    return errors.RateLimited("too many frames; slow down")
+
+
 class Connection:
     def __init__(self, ws: web.WebSocketResponse, services: Services, *, authenticated: bool) -> None:
         self.ws = ws
@@ -87,13 +91,15 @@ class Connection:
             self.gone = True
 
     async def handle_text(self, text: str) -> None:
-        if not self._bucket.take():
-            await self.send(error_frame(errors.RateLimited("too many frames; slow down"), None))
-            return
+        # Parsed before the rate check so that even a refused frame's answer echoes its `id` (clients match on it).
         try:
             request = parse_frame(text, max_content_chars=self.s.settings.max_content_chars)
         except errors.GatewayError as exc:
-            await self.send(error_frame(exc, exc.details.get("request_id")))
+            rid = exc.details.get("request_id")
+            await self.send(error_frame(exc if self._bucket.take() else _too_fast(), rid))
+            return
+        if not self._bucket.take():
+            await self.send(error_frame(_too_fast(), request.id))
             return
         try:
             await self.dispatch(request)

@@ -83,6 +83,8 @@ async def test_frame_flood_is_rate_limited_and_the_connection_lives(
     limited = [a for a in answers if a["type"] == "error"]
     assert len(limited) >= 20
     assert all(a["code"] == "RATE_LIMITED" and a["retryable"] is True for a in limited)
+    # A refused frame's answer still names it, so a client waiting on that id gets its error at once.
+    assert sorted(a["id"] for a in answers) == list(range(30))
     assert [a["id"] for a in answers if a["type"] == "pong"][:5] == [0, 1, 2, 3, 4]  # the burst passes
     assert not ws.closed
 
