@@ -20,7 +20,7 @@ from .context import Assembled, assemble
 from .inspection import calibrated, calibration_ratio, estimate_input_tokens, measure
 from .locks import SessionLease
 from .models import ChatSession, Message, UsageRecord, utcnow
-from .protocol import Request, RequestId
+from .protocol import Request, RequestId, error_frame
 from .services import Services
 from .store import HistoryItem, TurnRows
 from .store.chats import new_id
@@ -373,8 +373,6 @@ def session_key(session: ChatSession) -> str:
 
 
 def _error(exc: errors.GatewayError, rid: RequestId, **details: Any) -> dict[str, Any]:
-    from .protocol import error_frame
-
     for key, value in details.items():
         if value is not None:
             exc.details.setdefault(key, value)
