@@ -99,11 +99,13 @@ async def usage_query(s: Services, req: Request) -> dict[str, Any]:
 
 
 async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
-    session = await _session(s, req.get("sessionId"))
+    session_id: str = req.get("sessionId")
+    session, history = await s.store.chats.session_with_history(session_id)
+    if session is None:
+        raise errors.SessionNotFound(f"session {session_id} does not exist", sessionId=session_id)
     workspace = s.workspaces.load(session.agent_id)
     model: str = req.get("model") or workspace.model or s.settings.default_model
     max_tokens = workspace.max_tokens or s.settings.default_max_tokens
-    history = await s.store.chats.load_history(session.id)
     draft: str | None = req.get("content")
     # A blank draft is no draft: chat.send would refuse it, and the API rejects empty text blocks.
     pending = draft if draft is not None and draft.strip() else None

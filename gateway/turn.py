@@ -93,6 +93,7 @@ class Turn:
         if key is not None and await self._answer_duplicate(key):
             return
         session: ChatSession | None = None
+        history: list[HistoryItem] = []
         if self.session_id is not None:
             try:
                 self._lease = await s.locks.acquire(self.session_id)
@@ -101,7 +102,7 @@ class Turn:
                 if key is not None and await self._answer_duplicate(key):
                     return
                 raise
-            session = await s.store.chats.get_session(self.session_id)
+            session, history = await s.store.chats.session_with_history(self.session_id)
             wanted_agent = req.get("agentId")
             if session is None or (wanted_agent is not None and wanted_agent != session.agent_id):
                 raise errors.SessionNotFound(f"session {self.session_id} does not exist", sessionId=self.session_id)
@@ -109,7 +110,6 @@ class Turn:
         workspace = s.workspaces.load(agent_id)
         model: str = req.get("model") or workspace.model or s.settings.default_model
         max_tokens: int = req.get("maxTokens") or workspace.max_tokens or s.settings.default_max_tokens
-        history = await s.store.chats.load_history(session.id) if session is not None else []
         await self._recover_orphans(history)
         assembled = assemble(workspace, history, pending=req.get("content"), model=model, max_tokens=max_tokens)
         estimate = estimate_input_tokens(await measure(assembled, s.tokens))

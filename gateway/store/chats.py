@@ -15,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from ..errors import DuplicateRequest, InvalidMessage, SessionNotFound
 from ..models import ChatSession, Message, TokenCalibration, UsageRecord, utcnow
 from .base import Database
-from .history import HistoryItem, HistoryLoader
+from .calibration import Calibrations
+from .history import HistoryItem, HistoryLoader, HistoryRead
 from .upserts import add_calibration, insert_usage_once
 
 TITLE_CHARS = 80
@@ -24,9 +25,7 @@ TITLE_CHARS = 80
 # in SQLite's own threads, one event-loop hop per transaction rather than the async ORM's one per statement.
 _S = cast(Table, ChatSession.__table__)
 _M = cast(Table, Message.__table__)
-_C = cast(Table, TokenCalibration.__table__)
 _GET_SESSION = select(_S).where(_S.c.id == bindparam("session_id"))
-_GET_CALIBRATION = select(_C).where(_C.c.model == bindparam("model"))
 _NEW_SESSION = insert(_S)
 # Continuing a session: bump it, and learn both that it exists and its last seq, in one statement.
 _BUMP_SESSION = (
@@ -106,6 +105,7 @@ class ChatStore:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._history = HistoryLoader(database)
+        self._calibrations = Calibrations(database)
 
     async def get_session(self, session_id: str) -> ChatSession | None:
         def work(conn: Connection) -> ChatSession | None:
@@ -113,6 +113,19 @@ class ChatStore:
             return None if row is None else ChatSession(**row._asdict())
 
         return await self._db.run(work)
+
+    async def session_with_history(self, session_id: str) -> tuple[ChatSession | None, list[HistoryItem]]:
+        """The session and its history in one unit of work (one trip to the database's thread on SQLite): what a
+        send into an existing session and an inspect both start with."""
+
+        def work(conn: Connection) -> tuple[ChatSession | None, HistoryRead | None]:
+            row = conn.execute(_GET_SESSION, {"session_id": session_id}).first()
+            if row is None:
+                return None, None
+            return ChatSession(**row._asdict()), self._history.read(conn, session_id)
+
+        session, read = await self._db.run(work)
+        return session, [] if read is None else self._history.finish(read)
 
     async def load_history(self, session_id: str) -> list[HistoryItem]:
         """Every message of the session in order, for assembling the next request."""
@@ -240,7 +253,7 @@ class ChatStore:
             "now": now,
         }
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> bool:
             conn.execute(_FINISH_MESSAGE, reply)
             conn.execute(_TOUCH_SESSION, {"session_id": session_id, "now": now})
             # A retry after a commit whose answer was lost finds its usage row there: count neither it nor the
@@ -248,8 +261,11 @@ class ChatStore:
             first_time = usage is None or insert_usage_once(conn, usage)
             if calibration is not None and first_time:
                 add_calibration(conn, *calibration)
+                return True
+            return False
 
-        await self._db.run(work, write=True)
+        if await self._db.run(work, write=True) and calibration is not None:
+            self._calibrations.added(*calibration)
 
     async def list_sessions(self, agent_id: str | None, limit: int, cursor: str | None) -> SessionPage:
         query = select(ChatSession).order_by(ChatSession.updated_at.desc(), ChatSession.id.desc()).limit(limit + 1)
@@ -304,8 +320,4 @@ class ChatStore:
             return int(getattr(result, "rowcount", 0) or 0)
 
     async def calibration(self, model: str) -> TokenCalibration | None:
-        def work(conn: Connection) -> TokenCalibration | None:
-            row = conn.execute(_GET_CALIBRATION, {"model": model}).first()
-            return None if row is None else TokenCalibration(**row._asdict())
-
-        return await self._db.run(work)
+        return await self._calibrations.get(model)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import String, Text, bindparam, cast, select
+from sqlalchemy.engine import Connection
 
 from ..db import json_loads
 from ..models import Message
@@ -34,6 +35,9 @@ class HistoryItem:
     # A reply still `streaming` while its session's lock is free was left by a process that died.
     status: str = "complete"
 
+
+# What `read` hands `finish`: the heads, the cache hits it saw, the contents it fetched.
+HistoryRead = tuple[list[Any], list[Any], list[Any]]
 
 # The version as text on every database, and content as the JSON text stored (sized, then decoded here).
 _VERSION = cast(Message.updated_at, String)
@@ -58,19 +62,30 @@ class HistoryLoader:
 
     async def load(self, session_id: str) -> list[HistoryItem]:
         """Every message of the session, in order."""
-        heads = await self._rows(_HEADS, session_id=session_id)
+        return self.finish(await self._db.run(lambda conn: self.read(conn, session_id)))
+
+    def read(self, conn: Connection, session_id: str) -> HistoryRead:
+        """The SQL half, in one unit of work: the versions, the cache's hits as they stand now (held, so an
+        eviction meanwhile loses nothing) and the contents it lacks. Only reads the cache, so it may run in a
+        database thread; `finish` changes it, on the event loop."""
+        heads = list(conn.execute(_HEADS, {"session_id": session_id}).all())
         cache = self._cache
-        known = [cache.get((message_id, version)) for _, message_id, _, version, _ in heads]
-        fetched: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
+        known: list[Any] = [cache.get((message_id, version)) for _, message_id, _, version, _ in heads]
         first_unknown = next((head[0] for head, hit in zip(heads, known, strict=True) if hit is None), None)
+        contents: list[Any] = []
         if first_unknown is not None:
             # New messages come last, so one range read from the first unknown one covers the usual case.
-            for message_id, version, status, text in await self._rows(
-                _CONTENTS, session_id=session_id, since=first_unknown
-            ):
-                content = json_loads(text) if text is not None else []
-                fetched[message_id] = (version, status, content)
-                self._remember((message_id, version), content, len(text or ""))
+            contents = list(conn.execute(_CONTENTS, {"session_id": session_id, "since": first_unknown}).all())
+        return heads, known, contents
+
+    def finish(self, read: HistoryRead) -> list[HistoryItem]:
+        heads, known, contents = read
+        cache = self._cache
+        fetched: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
+        for message_id, version, status, text in contents:
+            content = json_loads(text) if text is not None else []
+            fetched[message_id] = (version, status, content)
+            self._remember((message_id, version), content, len(text or ""))
         items: list[HistoryItem] = []
         for (_, message_id, role, version, status), hit in zip(heads, known, strict=True):
             found = fetched.get(message_id) if fetched else None
@@ -78,16 +93,13 @@ class HistoryLoader:
                 # Read a moment after the versions: if the message changed in between, the newer read wins.
                 version, status, content = found
             elif hit is not None:
-                cache.move_to_end((message_id, version))
+                if (message_id, version) in cache:
+                    cache.move_to_end((message_id, version))
                 content = hit[0]
             else:
                 continue  # deleted between the two reads
             items.append(HistoryItem(message_id, role, content, version, status))
         return items
-
-    async def _rows(self, statement: Any, **params: Any) -> list[Any]:
-        # A Core read: no ORM result machinery for plain columns, and on SQLite one hop to its reader thread.
-        return await self._db.run(lambda conn: list(conn.execute(statement, params).all()))
 
     def _remember(self, key: tuple[str, str], content: list[dict[str, Any]], chars: int) -> None:
         if chars > self._max_chars or key in self._cache:
