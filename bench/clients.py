@@ -92,18 +92,25 @@ def direct_client(base_url: str) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(api_key="test", base_url=base_url, max_retries=0, timeout=sdk_timeout())
 
 
-async def direct_turn(client: anthropic.AsyncAnthropic, content: str, rec: Recorder | None) -> None:
+async def direct_turn(
+    client: anthropic.AsyncAnthropic, content: str, rec: Recorder | None, history: list[dict[str, Any]] | None = None
+) -> None:
+    """One request straight to the upstream. With `history`, the conversation so far is sent and this turn (the
+    message and the reply) appended to it, as a stateless API client keeps its own conversation: so direct requests
+    are as large as the gateway's, and "added" latency is the gateway's work, not the upstream reading more."""
     timing = Timing(sent=time.perf_counter())
-    stream = await client.messages.create(
-        model=MODEL, max_tokens=8192, messages=[{"role": "user", "content": content}], stream=True
-    )
+    messages: list[Any] = [*(history or []), {"role": "user", "content": content}]
+    stream: Any = await client.messages.create(model=MODEL, max_tokens=8192, messages=messages, stream=True)
     finished = False
+    parts: list[str] = []
     async for event in stream:
         if event.type == "content_block_delta" and event.delta.type in ("text_delta", "thinking_delta"):
             now = time.perf_counter()
             timing.delta(now)
             if rec is not None:
                 rec.delta(now)
+            if event.delta.type == "text_delta":
+                parts.append(event.delta.text)
         elif event.type == "message_stop":
             finished = True
     now = time.perf_counter()
@@ -112,3 +119,5 @@ async def direct_turn(client: anthropic.AsyncAnthropic, content: str, rec: Recor
     timing.end(now)
     if rec is not None:
         rec.turn_done(timing.sent, timing.first, now, timing.max_gap)
+    if history is not None:
+        history += [messages[-1], {"role": "assistant", "content": "".join(parts)}]

@@ -101,9 +101,12 @@ async def op_stream(cmd: dict[str, Any]) -> dict[str, Any]:
 
         async def direct_loop(i: int) -> None:
             turn = 0
+            history: list[dict[str, Any]] = []
             while time.perf_counter() < rec.end:
+                if turn % per_session == 0:
+                    history = []  # a new conversation, as the WebSocket clients start a new session
                 try:
-                    await asyncio.wait_for(direct_turn(client, content_for(i, turn), rec), turn_timeout)
+                    await asyncio.wait_for(direct_turn(client, content_for(i, turn), rec, history), turn_timeout)
                 except (TurnFailed, anthropic.APIError, httpx2.HTTPError, TimeoutError) as exc:
                     _failed(rec, exc)
                 turn += 1
