@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the docs)")
     parser.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
     parser.add_argument(
-        "--profile", action="store_true", help="record the gateway with py-spy in each streaming scenario"
+        "--profile", action="store_true", help="record both relays with py-spy in each streaming scenario"
     )
     args = parser.parse_args(argv)
     if args.db_url is not None and not args.db_url.startswith("postgresql"):

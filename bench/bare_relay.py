@@ -27,8 +27,12 @@ MODEL = "claude-sonnet-5-5"
 
 
 async def client_ctx(app: web.Application) -> Any:
-    # The gateway's client settings: no SDK retries, its timeouts, one pooled client for every stream.
-    client = anthropic.AsyncAnthropic(max_retries=0, timeout=httpx2.Timeout(120.0, connect=10.0))
+    # The gateway's client settings: no SDK retries, its timeouts, the SDK's aiohttp transport, one pooled client
+    # for every stream.
+    timeout = httpx2.Timeout(120.0, connect=10.0)
+    client = anthropic.AsyncAnthropic(
+        max_retries=0, timeout=timeout, http_client=anthropic.DefaultAioHttpClient(timeout=timeout)
+    )
     app[CLIENT] = client
     yield
     await client.close()

@@ -88,8 +88,14 @@ def sdk_timeout() -> httpx2.Timeout:
 
 
 def direct_client(base_url: str) -> anthropic.AsyncAnthropic:
-    # As the gateway builds its own: no SDK retries, one pooled client shared by every stream.
-    return anthropic.AsyncAnthropic(api_key="test", base_url=base_url, max_retries=0, timeout=sdk_timeout())
+    # As the gateway builds its own: no SDK retries, the SDK's aiohttp transport, one pooled client shared by every
+    # stream. (With the SDK's default transport, direct requests would cost the client more than the gateway's own
+    # upstream requests cost it, and flatter "added" latency.)
+    timeout = sdk_timeout()
+    http_client = anthropic.DefaultAioHttpClient(timeout=timeout)
+    return anthropic.AsyncAnthropic(
+        api_key="test", base_url=base_url, max_retries=0, timeout=timeout, http_client=http_client
+    )
 
 
 async def direct_turn(

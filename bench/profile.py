@@ -16,6 +16,25 @@ from pathlib import Path
 
 from .procs import Proc, spawn
 
+RATE_HZ = 500
+
+# Where a turn's CPU goes, by the first of these that a sample's stack contains (checked in order). The names are
+# the gateway's and the SDK's own functions, so a refactor that renames one shows up here as "other".
+PHASES: list[tuple[str, tuple[str, ...]]] = [
+    ("database thread (SQLAlchemy + sqlite3)", ("Thread.run (",)),
+    ("SDK: build and send the request, read headers", ("Upstream.stream (", "AsyncMessages.create (")),
+    ("SDK: read and decode the SSE stream", ("EventStream.__aiter__ (", "AsyncStream.__aiter__ (")),
+    ("aiohttp client: upstream bytes in", ("client_proto.py",)),
+    ("waiting on / handing off to the database thread", ("Database.run (", "SqliteThreads.run (")),
+    ("context: workspace, assemble, count tokens", ("measure (", "assemble (", "WorkspaceLoader.load (")),
+    ("turn end: price, usage row, log line, metrics", ("Turn._finish (",)),
+    ("WebSocket out: frames to the client", ("Connection.send_raw (", "Connection.send (", "send_str (")),
+    ("WebSocket in: read, parse, validate, dispatch", ("Connection.handle_text (", "gateway_ws (")),
+    ("checkpoint timer", ("Checkpointer.",)),
+    ("rest of the turn (locks, relay loop, budgets)", ("Turn.", "relay (bench")),
+    ("event loop and everything else", ("",)),
+]
+
 
 def py_spy() -> str:
     found = shutil.which("py-spy")
@@ -25,7 +44,7 @@ def py_spy() -> str:
 
 
 async def start(pid: int, out: Path, log_dir: Path) -> Proc:
-    argv = [py_spy(), "record", "--pid", str(pid), "--format", "raw", "--gil", "--rate", "200", "-o", str(out)]
+    argv = [py_spy(), "record", "--pid", str(pid), "--format", "raw", "--gil", "--rate", str(RATE_HZ), "-o", str(out)]
     p = await spawn(f"py-spy-{out.stem}", argv, log_dir)
     await asyncio.sleep(0.5)  # attaching takes a moment
     p.check_alive()
@@ -57,6 +76,7 @@ def summarize(raw: Path, top: int = 25) -> str:
     """Top functions by self and by inclusive samples, as percentages of all samples."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    phases: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -68,12 +88,15 @@ def summarize(raw: Path, top: int = 25) -> str:
         if not frames:
             continue
         total += count
+        phases[next(name for name, marks in PHASES if any(m in stack for m in marks))] += count
         own[frames[-1]] += count
         for name in set(frames):
             inclusive[name] += count
     if total == 0:
         return "no samples"
-    lines = [f"{total} samples (200/s, GIL held)", "", "self %  function"]
+    lines = [f"{total} samples ({RATE_HZ}/s, GIL held)", "", "phase %  where the CPU went"]
+    lines += [f"{100 * phases[name] / total:6.1f}  {name}" for name, _ in PHASES]
+    lines += ["", "self %  function"]
     lines += [f"{100 * n / total:6.1f}  {name}" for name, n in own.most_common(top)]
     lines += ["", "incl %  function"]
     lines += [f"{100 * n / total:6.1f}  {name}" for name, n in inclusive.most_common(top)]

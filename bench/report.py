@@ -37,6 +37,16 @@ def _errors(res: dict[str, Any]) -> int:
     return int(sum(res.get("errors", {}).values())) + int(res.get("unfinished", 0))
 
 
+def _cpu_per_turn(res: dict[str, Any], process: str | None) -> str:
+    """CPU ms per completed turn: of one process ("relay": the gateway or the bare relay), or of all of them."""
+    cpu = res.get("cpu_s")
+    turns = res.get("turns_total")
+    if not cpu or not turns:
+        return "-"
+    seconds = sum(cpu.values()) if process is None else cpu.get(process)
+    return "-" if seconds is None else _num(1000 * seconds / turns)
+
+
 def _info(scenario: str, metric: str, values: list[str]) -> Row:
     """A row shown for information: one figure per target, no target to meet."""
     direct, bare, gateway = values
@@ -107,6 +117,8 @@ def _stream_rows(key: str, sc: dict[str, Any]) -> list[Row]:
             )
         )
         rows.append(_info(name, "longest pause ms", [_num(x["max_gap_ms"], 1) for x in (d, b, g)]))
+    rows.append(_info(name, "relay CPU ms/turn", [_cpu_per_turn(x, "relay") for x in (d, b, g)]))
+    rows.append(_info(name, "all CPU ms/turn", [_cpu_per_turn(x, None) for x in (d, b, g)]))
     errors = [_errors(x) for x in (d, b, g)]
     rows.append(Row(name, "errors", str(errors[0]), str(errors[1]), str(errors[2]), "", "0", errors[2] == 0))
     return rows

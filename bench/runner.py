@@ -23,6 +23,7 @@ from . import profile
 from .procs import (
     Proc,
     UpstreamConfig,
+    cpu_seconds,
     fake_url,
     spawn,
     start_bare,
@@ -204,18 +205,23 @@ async def run_stream(
             "stall_s": sc.stall_s,
         }
         spy = None
-        if profile_dir is not None and target == "gateway":
-            spy = await profile.start(proc.pid, profile_dir / f"{sc.key}-gateway.raw", profile_dir)
+        if profile_dir is not None and target != "direct":
+            spy = await profile.start(proc.pid, profile_dir / f"{sc.key}-{target}.raw", profile_dir)
+        # CPU each process spent on the whole run (warm-up included), so a rate can be read as "where the cores went".
+        measured = {"relay": proc if target != "direct" else None, "upstream": stack.fake, "load": load.proc}
+        cpu_before = {k: cpu_seconds(p.pid) for k, p in measured.items() if p is not None}
         try:
             results[target] = await load.run(cmd, sc.warmup_s + sc.duration_s + LOAD_REPLY_GRACE_S)
+            cpu = {k: round(cpu_seconds(p.pid) - cpu_before[k], 2) for k, p in measured.items() if p is not None}
+            results[target]["cpu_s"] = cpu
         finally:
             if spy is not None:
                 await profile.stop(spy)
         if spy is not None and profile_dir is not None:
-            raw = profile_dir / f"{sc.key}-gateway.raw"
+            raw = profile_dir / f"{sc.key}-{target}.raw"
             summary = profile.summarize(raw)
-            (profile_dir / f"{sc.key}-gateway.txt").write_text(summary + "\n")
-            log(f"bench:   profile of the gateway: {raw} (summary beside it)")
+            (profile_dir / f"{sc.key}-{target}.txt").write_text(summary + "\n")
+            log(f"bench:   profile of the {target} relay: {raw} (summary beside it)")
         stack.check_alive()
     return {"kind": sc.kind, "name": sc.name, "config": asdict(sc), "results": results}
 

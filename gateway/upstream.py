@@ -207,6 +207,7 @@ class Upstream:
         self._keys = keys
         self._client: anthropic.AsyncAnthropic | None = None
         self._client_key: str | None = None
+        self._retired: list[anthropic.AsyncAnthropic] = []  # clients built for a key that has since changed
 
     def has_key(self) -> bool:
         return self._keys.anthropic_key() is not None
@@ -218,13 +219,20 @@ class Upstream:
                 "no Anthropic API key configured: set ANTHROPIC_API_KEY or run `agentspace keys set anthropic`"
             )
         if self._client is None or key != self._client_key:
+            if self._client is not None:
+                self._retired.append(self._client)  # streams still running on it finish; closed with ours
             s = self._settings
+            timeout = httpx2.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s)
             self._client = anthropic.AsyncAnthropic(
                 api_key=key,
                 base_url=s.anthropic_base_url,
                 # Our own retry loop knows whether a token was relayed yet; the SDK's does not.
                 max_retries=0,
-                timeout=httpx2.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s),
+                timeout=timeout,
+                # The SDK's aiohttp transport: its C HTTP parser, instead of the pure-Python h11 default, halves the
+                # SDK's CPU per request and per streamed chunk (issue 7: 1.1 ms less CPU per 20-token turn). It
+                # keeps the SDK's timeouts and maps aiohttp's errors to httpx2's, and honours HTTPS_PROXY.
+                http_client=anthropic.DefaultAioHttpClient(timeout=timeout),
             )
             self._client_key = key
         return self._client
@@ -247,6 +255,7 @@ class Upstream:
         return int(result.input_tokens)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        clients, self._retired = [*self._retired, *([self._client] if self._client is not None else [])], []
+        self._client = None
+        for client in clients:
+            await client.close()
