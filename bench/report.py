@@ -117,6 +117,8 @@ def _stream_rows(key: str, sc: dict[str, Any]) -> list[Row]:
             )
         )
         rows.append(_info(name, "longest pause ms", [_num(x["max_gap_ms"], 1) for x in (d, b, g)]))
+        end_p99 = [_num(x.get("end_ms", {}).get("p99"), 1) for x in (d, b, g)]
+        rows.append(_info(name, "last delta to end P99 ms", end_p99))
     rows.append(_info(name, "relay CPU ms/turn", [_cpu_per_turn(x, "relay") for x in (d, b, g)]))
     rows.append(_info(name, "all CPU ms/turn", [_cpu_per_turn(x, None) for x in (d, b, g)]))
     errors = [_errors(x) for x in (d, b, g)]

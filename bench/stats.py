@@ -48,6 +48,7 @@ class Recorder:
     stall_s: float
     ttft_ms: list[float] = field(default_factory=list)
     turn_ms: list[float] = field(default_factory=list)
+    end_ms: list[float] = field(default_factory=list)  # last delta to the stream's end (the usage and cost frame)
     turns_completed: int = 0  # completions inside the window
     deltas: int = 0  # deltas received inside the window
     turns_total: int = 0  # every completed turn, warm-up and tail included
@@ -65,7 +66,9 @@ class Recorder:
         if self.start <= now < self.end:
             self.deltas += 1
 
-    def turn_done(self, sent: float, first: float | None, now: float, max_gap_s: float) -> None:
+    def turn_done(
+        self, sent: float, first: float | None, now: float, max_gap_s: float, last: float | None = None
+    ) -> None:
         self.turns_total += 1
         if self.start <= now < self.end:
             self.turns_completed += 1
@@ -73,6 +76,8 @@ class Recorder:
             if first is not None:
                 self.ttft_ms.append((first - sent) * 1000)
             self.turn_ms.append((now - sent) * 1000)
+            if last is not None:
+                self.end_ms.append((now - last) * 1000)
         self.max_gap_ms = max(self.max_gap_ms, max_gap_s * 1000)
         ttft_s = (first - sent) if first is not None else 0.0
         if max_gap_s > self.stall_s or ttft_s > self.stall_s:
@@ -92,6 +97,7 @@ class Recorder:
             "deltas_total": self.deltas_total,
             "ttft_ms": summary(self.ttft_ms),
             "turn_ms": summary(self.turn_ms),
+            "end_ms": summary(self.end_ms),
             "max_gap_ms": round(self.max_gap_ms, 1),
             "stalled": self.stalled,
             "unfinished": self.unfinished,
