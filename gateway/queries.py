@@ -12,7 +12,7 @@ from .protocol import Request, parse_time
 from .reports import usage_report
 from .services import Services
 from .store import UsageFilters
-from .turn import session_key
+from .turn_frames import session_key
 
 
 def session_fields(session: ChatSession) -> dict[str, Any]:

@@ -9,29 +9,26 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from . import errors
-from .accounting import Priced
 from .budgets import Reservation
 from .checkpoints import Checkpointer
 from .context import Assembled, assemble
 from .inspection import calibrated, calibration_ratio, estimate_input_tokens, measure
 from .locks import SessionLease
-from .models import ChatSession, Message, UsageRecord, utcnow
-from .protocol import Request, RequestId, error_frame
+from .models import ChatSession, Message, utcnow
+from .protocol import Request, RequestId
 from .services import Services
 from .store import HistoryItem, TurnRows
 from .store.chats import new_id
-from .turn_frames import duplicate_frame, end_frame, usage_record
+from .turn_end import Ending, record_failed_attempt, settle
+from .turn_frames import duplicate_frame, error_with, session_key
 from .upstream import Reply, map_error, retry_after_s
 
 log = logging.getLogger(__name__)
 
 # Why the stream was cut short -> the status its reply and usage row keep.
-# Waits between attempts to save a finished reply while the database is unreachable.
-FINISH_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 _CANCEL_STATUS = {"cancelled": "cancelled", "client_gone": "disconnected", "shutdown": "interrupted"}
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -60,15 +57,16 @@ class Turn:
             await self._run()
         except errors.GatewayError as exc:
             self.obs.rejected(exc.code)
-            await self._end(_error(exc, self.rid, sessionId=self.session_id))
+            await self._end(error_with(exc, self.rid, sessionId=self.session_id))
         except asyncio.CancelledError:
             self.obs.rejected(errors.Cancelled.code)
             # Cancelled before anything was persisted: nothing to save, but the client still gets its terminal frame.
-            await self._end(_error(errors.Cancelled("the request was cancelled"), self.rid, sessionId=self.session_id))
+            cancelled = errors.Cancelled("the request was cancelled")
+            await self._end(error_with(cancelled, self.rid, sessionId=self.session_id))
         except Exception as exc:
             log.exception("turn failed unexpectedly")
             self.obs.rejected(errors.InternalError.code)
-            await self._end(_error(errors.InternalError(f"internal error: {type(exc).__name__}"), self.rid))
+            await self._end(error_with(errors.InternalError(f"internal error: {type(exc).__name__}"), self.rid))
         finally:
             await self._release()
 
@@ -82,7 +80,7 @@ class Turn:
     async def _release(self) -> None:
         budget, self._budget = self._budget, None
         if budget is not None:
-            budget.release()  # after _finish: the usage row now counts instead
+            budget.release()  # after settle(): the usage row now counts instead
         lease, self._lease = self._lease, None
         if lease is not None:
             await lease.release()
@@ -188,7 +186,7 @@ class Turn:
         )
 
     async def _stream(self, rows: TurnRows, assembled: Assembled, estimate: int) -> None:
-        """From here on the reply row exists, so every way out goes through `_finish`, which settles its status."""
+        """From here on the reply row exists, so every way out goes through `settle`, which sets its status."""
         s = self.s
         message: Message = rows.assistant_message
         prefix_ids = f'"id":{json.dumps(self.rid)},"sessionId":"{rows.session.id}","messageId":"{message.id}"'
@@ -251,9 +249,9 @@ class Turn:
                         ):
                             raise mapped from exc
                         # Forget the failed attempt before recording it: if we are cancelled while saving it or
-                        # during the backoff, _finish must not record the same upstream request a second time.
+                        # during the backoff, settle() must not record the same upstream request a second time.
                         failed, reply = reply, Reply()
-                        await self._record_failed_attempt(rows, failed, assembled, attempt_started, started)
+                        await record_failed_attempt(s, rows, failed, assembled, attempt_started, started)
                         attempt += 1
                         await asyncio.sleep(self._backoff(attempt, wait))
         except asyncio.CancelledError:
@@ -264,7 +262,8 @@ class Turn:
         except TimeoutError:
             failure, status = errors.UpstreamTimeout("the turn took longer than the total upstream timeout"), "failed"
         await checkpointer.stop()
-        await self._finish(rows, reply, assembled, estimate, status, failure, started, first_token_ms)
+        ending = Ending(status, failure, started, first_token_ms)
+        await self._end(await settle(s, self.obs, self.rid, rows, reply, assembled, estimate, ending))
 
     def _backoff(self, attempt: int, server_wait: float | None) -> float:
         cfg = self.s.settings
@@ -272,93 +271,6 @@ class Turn:
             return server_wait  # the server said when; at most upstream_retry_max_s (checked by the caller)
         backoff: float = cfg.upstream_retry_base_s * 2 ** (attempt - 1)
         return min(cfg.upstream_retry_max_s, backoff) * random.uniform(0.5, 1)
-
-    async def _record_failed_attempt(
-        self, rows: TurnRows, reply: Reply, assembled: Assembled, at: datetime, started: float
-    ) -> None:
-        if reply.message_id is None:
-            return  # the upstream reported no usage, so it billed nothing
-        priced = self.s.prices.price(assembled.model, reply.usage, at)
-        duration_ms = int((time.monotonic() - started) * 1000)
-        record = usage_record(rows, priced, "failed", duration_ms, None, None, reply.message_id)
-        await asyncio.shield(self.s.store.usage.insert(record))
-
-    async def _finish(
-        self,
-        rows: TurnRows,
-        reply: Reply,
-        assembled: Assembled,
-        estimate: int,
-        status: str,
-        failure: errors.GatewayError | None,
-        started: float,
-        first_token_ms: int | None,
-    ) -> None:
-        s = self.s
-        duration_ms = int((time.monotonic() - started) * 1000)
-        priced: Priced | None = None
-        record: UsageRecord | None = None
-        if reply.message_id is not None:
-            priced = s.prices.price(assembled.model, reply.usage, utcnow())
-            record = usage_record(rows, priced, status, duration_ms, first_token_ms, estimate, reply.message_id)
-        stop_reason = reply.stop_reason if status == "complete" else status
-        calibration = None
-        if status == "complete" and reply.usage.prompt_tokens > 0:
-            calibration = (assembled.model, estimate, reply.usage.prompt_tokens)
-        # Persisting must survive a second cancellation (shutdown while we save); the client may be gone already.
-        await asyncio.shield(
-            _saved_through_outage(
-                lambda: s.store.chats.finish_turn(
-                    message_id=rows.assistant_message.id,
-                    session_id=rows.session.id,
-                    content=reply.content(complete=status == "complete"),
-                    text=reply.text,
-                    status=status,
-                    stop_reason=stop_reason,
-                    error_code=failure.code if failure else None,
-                    usage=record,
-                    calibration=calibration,
-                )
-            )
-        )
-        self.obs.finished(
-            session_id=rows.session.id,
-            message_id=rows.assistant_message.id,
-            agent_id=rows.session.agent_id,
-            model=assembled.model,
-            status=status,
-            stop_reason=stop_reason,
-            usage=reply.usage if reply.message_id is not None else None,
-            cost_nano=priced.cost.total if priced is not None and priced.cost is not None else None,
-            duration_ms=duration_ms,
-            error_code=failure.code if failure else None,
-        )
-        if failure is not None:
-            await self._end(
-                _error(
-                    failure,
-                    self.rid,
-                    sessionId=rows.session.id,
-                    messageId=rows.assistant_message.id,
-                    partialText=reply.text,
-                )
-            )
-            return
-        await self._end(end_frame(self.rid, rows, stop_reason, priced, duration_ms, status))
-
-
-async def _saved_through_outage(save: Callable[[], Awaitable[None]]) -> None:
-    """The reply has been paid for: ride out a database restart or failover (about 16 s) rather than lose its usage
-    row. finish_turn is safe to repeat, so a commit whose answer was lost is not counted twice."""
-    for delay in (*FINISH_RETRY_DELAYS_S, None):
-        try:
-            await save()
-            return
-        except errors.DatabaseUnavailable as exc:
-            if delay is None:
-                raise
-            log.warning("saving a finished reply failed (%s); retrying in %.2f s", exc, delay)
-            await asyncio.sleep(delay)
 
 
 def _uncancel() -> None:
@@ -368,15 +280,4 @@ def _uncancel() -> None:
         task.uncancel()
 
 
-def session_key(session: ChatSession) -> str:
-    return f"agent:{session.agent_id}:{session.id}"
-
-
-def _error(exc: errors.GatewayError, rid: RequestId, **details: Any) -> dict[str, Any]:
-    for key, value in details.items():
-        if value is not None:
-            exc.details.setdefault(key, value)
-    return error_frame(exc, rid)
-
-
-__all__ = ["Turn", "new_id", "session_key"]
+__all__ = ["Turn", "new_id"]

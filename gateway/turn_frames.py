@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import errors
 from .accounting import Priced, TokenUsage, nano_to_usd
-from .models import Message, UsageRecord, utcnow
-from .protocol import RequestId
+from .models import ChatSession, Message, UsageRecord, utcnow
+from .protocol import RequestId, error_frame
 from .store import TurnRows
 from .store.chats import new_id
 
@@ -120,3 +121,15 @@ def usage_record(
         first_token_ms=first_token_ms,
         created_at=utcnow(),
     )
+
+
+def session_key(session: ChatSession) -> str:
+    return f"agent:{session.agent_id}:{session.id}"
+
+
+def error_with(exc: errors.GatewayError, rid: RequestId, **details: Any) -> dict[str, Any]:
+    """The error frame for `exc`, with the turn's ids (and partial text) added to its details where not set."""
+    for key, value in details.items():
+        if value is not None:
+            exc.details.setdefault(key, value)
+    return error_frame(exc, rid)
