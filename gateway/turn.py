@@ -22,6 +22,7 @@ from .protocol import Request, RequestId
 from .services import Services
 from .store import HistoryItem, TurnRows
 from .store.chats import new_id
+from .store.snapshots import StaleSnapshot
 from .turn_end import Ending, record_failed_attempt, settle
 from .turn_frames import duplicate_frame, error_with, session_key
 from .upstream import Reply, map_error, retry_after_s
@@ -78,20 +79,21 @@ class Turn:
         await self.send(frame)
 
     async def _release(self) -> None:
-        budget, self._budget = self._budget, None
-        if budget is not None:
-            budget.release()  # after settle(): the usage row now counts instead
+        self._release_budget()  # after settle(): the usage row now counts instead
         lease, self._lease = self._lease, None
         if lease is not None:
             await lease.release()
+
+    def _release_budget(self) -> None:
+        budget, self._budget = self._budget, None
+        if budget is not None:
+            budget.release()
 
     async def _run(self) -> None:
         s, req = self.s, self.request
         key: str | None = req.get("idempotencyKey")
         if key is not None and await self._answer_duplicate(key):
             return
-        session: ChatSession | None = None
-        history: list[HistoryItem] = []
         if self.session_id is not None:
             try:
                 self._lease = await s.locks.acquire(self.session_id)
@@ -100,7 +102,26 @@ class Turn:
                 if key is not None and await self._answer_duplicate(key):
                     return
                 raise
+        try:
+            begun = await self._begin(key, from_snapshot=True)
+        except StaleSnapshot:
+            # Another process wrote to the session since this one last did; begin_turn wrote nothing.
+            self._release_budget()
+            begun = await self._begin(key, from_snapshot=False)
+        if begun is not None:
+            await self._stream(*begun)
+
+    async def _begin(self, key: str | None, *, from_snapshot: bool) -> tuple[TurnRows, Assembled, int] | None:
+        """Read, assemble, check, and persist the user turn; None when a duplicate send was answered instead."""
+        s, req = self.s, self.request
+        session: ChatSession | None = None
+        history: list[HistoryItem] = []
+        snapshot = s.store.chats.snapshot(self.session_id) if self.session_id and from_snapshot else None
+        if snapshot is not None:
+            session, history = snapshot.session, snapshot.history
+        elif self.session_id is not None:
             session, history = await s.store.chats.session_with_history(self.session_id)
+        if self.session_id is not None:
             wanted_agent = req.get("agentId")
             if session is None or (wanted_agent is not None and wanted_agent != session.agent_id):
                 raise errors.SessionNotFound(f"session {self.session_id} does not exist", sessionId=self.session_id)
@@ -126,14 +147,16 @@ class Turn:
                 model=model,
                 content=req.get("content"),
                 idempotency_key=key,
+                history=history,
+                snapshot_count=session.message_count if snapshot is not None and session is not None else None,
             )
         except errors.DuplicateRequest:
             # Another send with this key won the race to the unique index: answer with its state, start nothing.
             if key is not None and await self._answer_duplicate(key):
-                return
+                return None
             raise
         self.session_id = rows.session.id
-        await self._stream(rows, assembled, estimate)
+        return rows, assembled, estimate
 
     async def _recover_orphans(self, history: list[HistoryItem]) -> None:
         """We hold the session's lock, so a reply in it still `streaming` was left by a process that died."""

@@ -6,57 +6,22 @@ import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import DuplicateRequest, InvalidMessage, SessionNotFound
 from ..models import ChatSession, Message, TokenCalibration, UsageRecord, utcnow
+from . import chat_sql as sql
 from .base import Database
 from .calibration import Calibrations
 from .history import HistoryItem, HistoryLoader, HistoryRead
+from .snapshots import Snapshot, Snapshots, StaleSnapshot
 from .upserts import add_calibration, insert_usage_once
 
 TITLE_CHARS = 80
-
-# A turn's statements, built once (building one costs about what running it does) and run through Database.run:
-# in SQLite's own threads, one event-loop hop per transaction rather than the async ORM's one per statement.
-_S = cast(Table, ChatSession.__table__)
-_M = cast(Table, Message.__table__)
-_GET_SESSION = select(_S).where(_S.c.id == bindparam("session_id"))
-_NEW_SESSION = insert(_S)
-# Continuing a session: bump it, and learn both that it exists and its last seq, in one statement.
-_BUMP_SESSION = (
-    update(_S)
-    .where(_S.c.id == bindparam("session_id"))
-    .values(message_count=_S.c.message_count + 2, updated_at=bindparam("now"), model=bindparam("model"))
-    .returning(
-        *_S.c,
-        select(func.max(_M.c.seq)).where(_M.c.session_id == bindparam("session_id")).scalar_subquery(),
-    )
-)
-_NEW_MESSAGES = insert(_M)
-_CHECKPOINT = (
-    update(_M)
-    .where(_M.c.id == bindparam("message_id"), _M.c.status == "streaming")
-    .values(content=bindparam("content"), text=bindparam("text"), updated_at=bindparam("now"))
-)
-_FINISH_MESSAGE = (
-    update(_M)
-    .where(_M.c.id == bindparam("message_id"))
-    .values(
-        content=bindparam("content"),
-        text=bindparam("text"),
-        status=bindparam("status"),
-        stop_reason=bindparam("stop_reason"),
-        error_code=bindparam("error_code"),
-        updated_at=bindparam("now"),
-    )
-)
-_TOUCH_SESSION = update(_S).where(_S.c.id == bindparam("session_id")).values(updated_at=bindparam("now"))
-
 
 @dataclass(frozen=True, slots=True)
 class TurnRows:
@@ -76,6 +41,12 @@ class SessionPage:
 class HistoryPage:
     messages: list[Message]
     has_more: bool
+
+
+def _version(stamp: datetime) -> str:
+    # Not the database's own rendering of updated_at: a message known from a snapshot and the same message read
+    # back are measured (and cached) under different keys, never a stale one under a current key.
+    return f"written {stamp.isoformat()}"
 
 
 def new_id() -> str:
@@ -106,10 +77,15 @@ class ChatStore:
         self._db = database
         self._history = HistoryLoader(database)
         self._calibrations = Calibrations(database)
+        self._snapshots = Snapshots()
+
+    def snapshot(self, session_id: str) -> Snapshot | None:
+        """The session and its history as this process last wrote them (see snapshots.py), if it remembers them."""
+        return self._snapshots.get(session_id)
 
     async def get_session(self, session_id: str) -> ChatSession | None:
         def work(conn: Connection) -> ChatSession | None:
-            row = conn.execute(_GET_SESSION, {"session_id": session_id}).first()
+            row = conn.execute(sql.GET_SESSION, {"session_id": session_id}).first()
             return None if row is None else ChatSession(**row._asdict())
 
         return await self._db.run(work)
@@ -119,7 +95,7 @@ class ChatStore:
         send into an existing session and an inspect both start with."""
 
         def work(conn: Connection) -> tuple[ChatSession | None, HistoryRead | None]:
-            row = conn.execute(_GET_SESSION, {"session_id": session_id}).first()
+            row = conn.execute(sql.GET_SESSION, {"session_id": session_id}).first()
             if row is None:
                 return None, None
             return ChatSession(**row._asdict()), self._history.read(conn, session_id)
@@ -151,20 +127,13 @@ class ChatStore:
         model: str,
         content: str,
         idempotency_key: str | None,
+        history: list[HistoryItem] | None = None,
+        snapshot_count: int | None = None,
     ) -> TurnRows:
         """One transaction: the session (if `create`, with the id given), the user turn, and an empty `streaming`
-        reply to fill in."""
-        try:
-            return await self._begin_turn(session_id, create, agent_id, model, content, idempotency_key)
-        except IntegrityError as exc:
-            # The unique index on idempotency_key settles two sends with one key racing past the duplicate check.
-            if idempotency_key is not None and await self.find_by_idempotency_key(idempotency_key) is not None:
-                raise DuplicateRequest(f"a send with idempotencyKey {idempotency_key!r} already exists") from exc
-            raise
-
-    async def _begin_turn(
-        self, session_id: str, create: bool, agent_id: str, model: str, content: str, idempotency_key: str | None
-    ) -> TurnRows:
+        reply to fill in. `history`: what the turn was assembled from, remembered for the next send once the reply
+        is saved. `snapshot_count`: the session's message count in the snapshot it came from; if the session has
+        moved on since, nothing is written and StaleSnapshot is raised."""
         now = utcnow()
         user_id, reply_id = new_id(), new_id()
 
@@ -179,14 +148,16 @@ class ChatStore:
                     "created_at": now,
                     "updated_at": now,
                 }
-                conn.execute(_NEW_SESSION, fields)
+                conn.execute(sql.NEW_SESSION, fields)
                 session, next_seq = ChatSession(**fields), 0
             else:
-                row = conn.execute(_BUMP_SESSION, {"session_id": session_id, "now": now, "model": model}).first()
+                row = conn.execute(sql.BUMP_SESSION, {"session_id": session_id, "now": now, "model": model}).first()
                 if row is None:
                     raise SessionNotFound(f"session {session_id} does not exist", sessionId=session_id)
                 *columns, last_seq = row
-                session = ChatSession(**dict(zip(_S.c.keys(), columns, strict=True)))
+                session = ChatSession(**dict(zip(sql.SESSIONS.c.keys(), columns, strict=True)))
+                if snapshot_count is not None and session.message_count != snapshot_count + 2:
+                    raise StaleSnapshot(session_id)  # rolls this transaction back: nothing is written
                 next_seq = 0 if last_seq is None else last_seq + 1
             user = {
                 "id": user_id,
@@ -214,7 +185,7 @@ class ChatStore:
                 "status": "streaming",
                 "idempotency_key": None,
             }
-            conn.execute(_NEW_MESSAGES, [user, reply])
+            conn.execute(sql.NEW_MESSAGES, [user, reply])
             return TurnRows(
                 session=session,
                 user_message=Message(**user),
@@ -222,11 +193,25 @@ class ChatStore:
                 session_created=create,
             )
 
-        return await self._db.run(work, write=True)
+        try:
+            rows = await self._db.run(work, write=True)
+        except StaleSnapshot:
+            self._snapshots.drop(session_id)
+            raise
+        except IntegrityError as exc:
+            # The unique index on idempotency_key settles two sends with one key racing past the duplicate check.
+            if idempotency_key is not None and await self.find_by_idempotency_key(idempotency_key) is not None:
+                raise DuplicateRequest(f"a send with idempotencyKey {idempotency_key!r} already exists") from exc
+            raise
+        if history is not None:
+            user = rows.user_message
+            as_read = HistoryItem(user.id, "user", user.content, _version(user.updated_at), user.status)
+            self._snapshots.begun(rows.assistant_message.id, rows.session, [*history, as_read])
+        return rows
 
     async def checkpoint(self, message_id: str, content: list[dict[str, Any]], text: str) -> None:
         params = {"message_id": message_id, "content": content, "text": text, "now": utcnow()}
-        await self._db.run(lambda conn: conn.execute(_CHECKPOINT, params), write=True)
+        await self._db.run(lambda conn: conn.execute(sql.CHECKPOINT, params), write=True)
 
     async def finish_turn(
         self,
@@ -254,8 +239,8 @@ class ChatStore:
         }
 
         def work(conn: Connection) -> bool:
-            conn.execute(_FINISH_MESSAGE, reply)
-            conn.execute(_TOUCH_SESSION, {"session_id": session_id, "now": now})
+            conn.execute(sql.FINISH_MESSAGE, reply)
+            conn.execute(sql.TOUCH_SESSION, {"session_id": session_id, "now": now})
             # A retry after a commit whose answer was lost finds its usage row there: count neither it nor the
             # calibration sample twice.
             first_time = usage is None or insert_usage_once(conn, usage)
@@ -264,7 +249,13 @@ class ChatStore:
                 return True
             return False
 
-        if await self._db.run(work, write=True) and calibration is not None:
+        try:
+            counted = await self._db.run(work, write=True)
+        except BaseException:
+            self._snapshots.abandon(message_id)
+            raise
+        self._snapshots.finished(HistoryItem(message_id, "assistant", content, _version(now), status))
+        if counted and calibration is not None:
             self._calibrations.added(*calibration)
 
     async def list_sessions(self, agent_id: str | None, limit: int, cursor: str | None) -> SessionPage:
@@ -294,6 +285,7 @@ class ChatStore:
         return HistoryPage(list(reversed(rows[:limit])), more)
 
     async def delete_session(self, session_id: str) -> bool:
+        self._snapshots.drop(session_id)
         async with self._db.write() as db:
             # Explicit, so deletion does not depend on the database enforcing ON DELETE CASCADE.
             await db.execute(delete(Message).where(Message.session_id == session_id))
@@ -312,6 +304,7 @@ class ChatStore:
 
     async def recover_interrupted(self, message_ids: list[str] | None = None) -> int:
         """Replies left `streaming` by a process that died are marked `interrupted`, keeping checkpointed text."""
+        self._snapshots.clear()
         query = update(Message).where(Message.status == "streaming")
         if message_ids is not None:
             query = query.where(Message.id.in_(message_ids))

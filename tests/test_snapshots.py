@@ -1,0 +1,128 @@
+"""A send into a session this process last wrote skips reading it back, and still sends exactly what a fresh read
+would: the snapshot is checked against the session's message count in the transaction that writes the user turn."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import ClientWebSocketResponse
+
+from gateway.handlers import SERVICES
+from gateway.settings import Settings
+from gateway.store.chats import ChatStore
+from tests.conftest import Gateway, chat, recv, send
+from tests.databases import rows
+from tests.fake_anthropic import FakeAnthropic, Reply
+
+Factory = Callable[[Settings], Awaitable[Gateway]]
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch, store: ChatStore) -> list[str]:
+    reads: list[str] = []
+    original = store.session_with_history
+
+    async def counted(session_id: str) -> Any:
+        reads.append(session_id)
+        return await original(session_id)
+
+    monkeypatch.setattr(store, "session_with_history", counted)
+    return reads
+
+
+def _sent_messages(fake: FakeAnthropic) -> list[dict[str, Any]]:
+    """The conversation the last request carried, without the prompt-cache markers (they move as it grows)."""
+    messages = fake.requests[-1].body["messages"]
+    return [
+        {"role": m["role"], "content": [{k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]]}
+        for m in messages
+    ]
+
+
+def _text(message: dict[str, Any]) -> str:
+    return "".join(b["text"] for b in message["content"] if b["type"] == "text")
+
+
+async def test_a_continued_session_is_not_read_back_and_its_request_is_complete(
+    gateway: Gateway, ws: ClientWebSocketResponse, fake: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = _count_reads(monkeypatch, gateway.app[SERVICES].store.chats)
+    fake.queue(Reply(text="first answer"))
+    session_id = (await chat(ws, "first question"))[0]["sessionId"]
+    fake.queue(Reply(text="second answer"))
+    assert (await chat(ws, "second question", sessionId=session_id))[-1]["type"] == "chat.stream.end"
+    assert reads == []  # the turn that wrote the session remembered it
+    assert [(m["role"], _text(m)) for m in _sent_messages(fake)] == [
+        ("user", "first question"),
+        ("assistant", "first answer"),
+        ("user", "second question"),
+    ]
+
+
+async def test_a_session_another_process_wrote_to_is_read_afresh_and_written_once(
+    gateway_factory: Factory, settings: Settings, fake: FakeAnthropic, db_url: str
+) -> None:
+    """Clients behind a load balancer: turns 1 and 3 through one process, turn 2 through another."""
+    here, there = await gateway_factory(settings), await gateway_factory(settings)
+    ws_here, ws_there = await here.ws(), await there.ws()
+    fake.queue(Reply(text="one"))
+    session_id = (await chat(ws_here, "q1"))[0]["sessionId"]
+    fake.queue(Reply(text="two"))
+    await chat(ws_there, "q2", sessionId=session_id)
+    fake.queue(Reply(text="three"))
+    frames = await chat(ws_here, "q3", sessionId=session_id)
+    assert frames[-1]["type"] == "chat.stream.end"
+    assert [_text(m) for m in _sent_messages(fake)] == ["q1", "one", "q2", "two", "q3"]
+    stored = await rows(db_url, f"SELECT seq, role, text FROM messages WHERE session_id = '{session_id}' ORDER BY seq")
+    assert [tuple(r) for r in stored] == [
+        (0, "user", "q1"),
+        (1, "assistant", "one"),
+        (2, "user", "q2"),
+        (3, "assistant", "two"),
+        (4, "user", "q3"),
+        (5, "assistant", "three"),
+    ]
+    count = await rows(db_url, f"SELECT message_count FROM sessions WHERE id = '{session_id}'")
+    assert count[0][0] == 6
+    await ws_here.close()
+    await ws_there.close()
+
+
+async def test_after_a_cancelled_reply_a_snapshot_sends_what_a_fresh_read_sends(
+    gateway_factory: Factory, settings: Settings, fake: FakeAnthropic
+) -> None:
+    here = await gateway_factory(settings)
+    ws = await here.ws()
+    fake.queue(Reply(text="a complete answer"))
+    session_id = (await chat(ws, "first"))[0]["sessionId"]
+    fake.queue(Reply(text="one two three four five", hold_after_deltas=2))
+    await send(ws, {"type": "chat.send", "id": "held", "content": "second", "sessionId": session_id})
+    await fake.wait_held()
+    await send(ws, {"type": "chat.cancel", "id": "c", "sessionId": session_id})
+    while (await recv(ws))["type"] != "chat.cancelled":
+        pass
+    fake.queue(Reply(text="from the snapshot"))
+    await chat(ws, "third", sessionId=session_id)
+    from_snapshot = _sent_messages(fake)
+    # A process that never saw the session reads it from the database: the same conversation must go upstream.
+    elsewhere = await gateway_factory(settings)
+    ws_elsewhere = await elsewhere.ws()
+    fake.queue(Reply(text="from a read"))
+    await chat(ws_elsewhere, "fourth", sessionId=session_id)
+    from_read = _sent_messages(fake)
+    assert from_read[: len(from_snapshot)] == from_snapshot
+    assert [m["role"] for m in from_read] == ["user", "assistant", "user", "assistant", "user", "assistant", "user"]
+    await ws.close()
+    await ws_elsewhere.close()
+
+
+async def test_a_deleted_session_is_not_continued_from_memory(
+    gateway: Gateway, ws: ClientWebSocketResponse, fake: FakeAnthropic
+) -> None:
+    fake.queue(Reply(text="hello"))
+    session_id = (await chat(ws, "hi"))[0]["sessionId"]
+    await send(ws, {"type": "session.delete", "id": "d", "sessionId": session_id})
+    assert (await recv(ws))["type"] == "session.deleted"
+    frames = await chat(ws, "still there?", sessionId=session_id)
+    assert (frames[-1]["type"], frames[-1]["code"]) == ("error", "SESSION_NOT_FOUND")
