@@ -27,7 +27,7 @@ PHASES: list[tuple[str, tuple[str, ...]]] = [
     ("aiohttp client: upstream bytes in", ("client_proto.py",)),
     ("waiting on / handing off to the database thread", ("Database.run (", "SqliteThreads.run (")),
     ("context: workspace, assemble, count tokens", ("measure (", "assemble (", "WorkspaceLoader.load (")),
-    ("turn end: price, usage row, log line, metrics", ("Turn._finish (",)),
+    ("turn end: price, usage row, log line, metrics", ("settle (", "Turn._finish (")),
     ("WebSocket out: frames to the client", ("Connection.send_raw (", "Connection.send (", "send_str (")),
     ("WebSocket in: read, parse, validate, dispatch", ("Connection.handle_text (", "gateway_ws (")),
     ("checkpoint timer", ("Checkpointer.",)),
