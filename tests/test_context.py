@@ -23,7 +23,8 @@ from gateway.settings import Settings
 from gateway.store import HistoryItem
 from gateway.store.chats import new_id
 from gateway.tokens import TokenCounter, compact_json
-from gateway.workspace import MAX_MEMORY_BYTES, MAX_SYSTEM_BYTES, MAX_TOOLS_BYTES, WorkspaceLoader
+from gateway.workspace import WorkspaceLoader
+from gateway.workspace_files import MAX_MEMORY_BYTES, MAX_SYSTEM_BYTES, MAX_TOOLS_BYTES
 from tests.conftest import chat, request
 from tests.databases import rows
 from tests.fake_anthropic import FakeAnthropic, Reply

@@ -10,17 +10,15 @@ import pytest
 
 from gateway.errors import AgentNotFound, InvalidMessage
 from gateway.settings import DEFAULT_SYSTEM_PROMPT
-from gateway.workspace import (
+from gateway.workspace import Skill, WorkspaceLoader, validate_agent_id
+from gateway.workspace_files import (
     MAX_MEMORY_BYTES,
     MAX_SKILL_DESCRIPTION_CHARS,
     MAX_SKILLS,
     MAX_SYSTEM_BYTES,
     MAX_TOOLS,
     MAX_TOOLS_BYTES,
-    Skill,
-    WorkspaceLoader,
     parse_front_matter,
-    validate_agent_id,
 )
 
 
