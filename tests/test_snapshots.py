@@ -126,3 +126,28 @@ async def test_a_deleted_session_is_not_continued_from_memory(
     assert (await recv(ws))["type"] == "session.deleted"
     frames = await chat(ws, "still there?", sessionId=session_id)
     assert (frames[-1]["type"], frames[-1]["code"]) == ("error", "SESSION_NOT_FOUND")
+
+
+def test_snapshots_are_bounded_by_the_text_they_hold() -> None:
+    """Memory stays bounded however long sessions grow: oldest sessions go first, an oversized one is not kept."""
+    from gateway.models import ChatSession
+    from gateway.store.history import HistoryItem
+    from gateway.store.snapshots import Snapshots
+
+    def item(message_id: str, text: str) -> HistoryItem:
+        return HistoryItem(message_id, "user", [{"type": "text", "text": text}], "v")
+
+    def remember(snapshots: Snapshots, session_id: str, text: str) -> None:
+        session = ChatSession(id=session_id, agent_id="default", title="t", model="m", message_count=2)
+        snapshots.begun(f"r-{session_id}", session, [], item(f"u-{session_id}", text))
+        snapshots.finished(item(f"r-{session_id}", text))
+
+    snapshots = Snapshots(max_chars=2_000)  # each session below holds ~730 characters
+    remember(snapshots, "a", "x" * 300)
+    remember(snapshots, "b", "x" * 300)
+    assert snapshots.get("a") is not None and snapshots.get("b") is not None
+    remember(snapshots, "c", "x" * 300)  # a, used least recently, makes room
+    assert snapshots.get("a") is None and snapshots.get("b") is not None and snapshots.get("c") is not None
+    remember(snapshots, "huge", "x" * 2_000)
+    assert snapshots.get("huge") is None
+    assert len(snapshots.get("c").history) == 2  # type: ignore[union-attr]

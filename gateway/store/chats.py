@@ -206,7 +206,7 @@ class ChatStore:
         if history is not None:
             user = rows.user_message
             as_read = HistoryItem(user.id, "user", user.content, _version(user.updated_at), user.status)
-            self._snapshots.begun(rows.assistant_message.id, rows.session, [*history, as_read])
+            self._snapshots.begun(rows.assistant_message.id, rows.session, history, as_read)
         return rows
 
     async def checkpoint(self, message_id: str, content: list[dict[str, Any]], text: str) -> None:

@@ -17,27 +17,39 @@ from dataclasses import dataclass
 from ..models import ChatSession
 from .history import HistoryItem
 
-# Bounded by messages held (their contents are mostly shared with the history loader's cache anyway).
-MAX_MESSAGES = 50_000
+# Bounded by the characters of text held (the history loader's cache has the same bound; contents read from the
+# database are the same objects in both). A full table only means more reads, never a wrong answer.
+MAX_CHARS = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     session: ChatSession  # as of the last begin_turn: its message_count is what the next one must find
     history: list[HistoryItem]  # every message, the last reply included, as a read would return them
+    chars: int  # the text in `history`, roughly (what the bound counts)
 
 
 class StaleSnapshot(Exception):
     """begin_turn found the session changed since the snapshot: it wrote nothing; read afresh and try again."""
 
 
+def chars_of(items: list[HistoryItem]) -> int:
+    return sum(_chars(item) for item in items)
+
+
+def _chars(item: HistoryItem) -> int:
+    # Text and thinking are nearly all of a message; tool inputs and signatures count as a little overhead.
+    return 64 + sum(len(block.get("text") or block.get("thinking") or "") for block in item.content)
+
+
 class Snapshots:
-    def __init__(self, max_messages: int = MAX_MESSAGES) -> None:
-        self._max = max_messages
+    def __init__(self, max_chars: int = MAX_CHARS) -> None:
+        self._max = max_chars
         self._held = 0
         self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
-        # Between begin_turn and finish_turn: the session and its history up to the user message, by reply id.
-        self._pending: dict[str, tuple[ChatSession, list[HistoryItem]]] = {}
+        # Between begin_turn and finish_turn: the session, its history up to the user message and that history's
+        # size, by reply id.
+        self._pending: dict[str, tuple[ChatSession, list[HistoryItem], int]] = {}
 
     def get(self, session_id: str) -> Snapshot | None:
         found = self._snapshots.get(session_id)
@@ -45,9 +57,13 @@ class Snapshots:
             self._snapshots.move_to_end(session_id)
         return found
 
-    def begun(self, reply_id: str, session: ChatSession, history: list[HistoryItem]) -> None:
+    def begun(self, reply_id: str, session: ChatSession, history: list[HistoryItem], user: HistoryItem) -> None:
+        """A turn was written after assembling from `history` (a snapshot's, or a fresh read's)."""
+        known = self._snapshots.get(session.id)
+        # From a snapshot, its size carries over; a fresh read is sized once, as its own read was a pass over it.
+        chars = known.chars if known is not None and known.history is history else chars_of(history)
         self.drop(session.id)  # until the reply is saved, only a read knows the session's state
-        self._pending[reply_id] = (session, history)
+        self._pending[reply_id] = (session, [*history, user], chars + _chars(user))
 
     def finished(self, reply: HistoryItem | None) -> None:
         """The reply was saved (`reply`: as a read would return it), or its save failed (None: forget the turn)."""
@@ -56,8 +72,8 @@ class Snapshots:
         pending = self._pending.pop(reply.id, None)
         if pending is None:
             return
-        session, history = pending
-        self._put(Snapshot(session, [*history, reply]))
+        session, history, chars = pending
+        self._put(Snapshot(session, [*history, reply], chars + _chars(reply)))
 
     def abandon(self, reply_id: str) -> None:
         self._pending.pop(reply_id, None)
@@ -69,14 +85,14 @@ class Snapshots:
     def drop(self, session_id: str) -> None:
         dropped = self._snapshots.pop(session_id, None)
         if dropped is not None:
-            self._held -= len(dropped.history)
+            self._held -= dropped.chars
 
     def _put(self, snapshot: Snapshot) -> None:
         self.drop(snapshot.session.id)
-        if len(snapshot.history) > self._max:
+        if snapshot.chars > self._max:
             return
         self._snapshots[snapshot.session.id] = snapshot
-        self._held += len(snapshot.history)
+        self._held += snapshot.chars
         while self._held > self._max:
             _, oldest = self._snapshots.popitem(last=False)
-            self._held -= len(oldest.history)
+            self._held -= oldest.chars
