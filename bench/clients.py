@@ -69,7 +69,7 @@ async def ws_turn(
     now = time.perf_counter()
     timing.end(now)
     if rec is not None:
-        rec.turn_done(timing.sent, timing.first, now, timing.max_gap, timing.last if timing.first else None)
+        rec.turn_done(timing.sent, timing.first, now, timing.max_gap, timing.last if timing.first is not None else None)
     return stream.session_id
 
 
@@ -124,6 +124,6 @@ async def direct_turn(
         raise TurnFailed("TRUNCATED")
     timing.end(now)
     if rec is not None:
-        rec.turn_done(timing.sent, timing.first, now, timing.max_gap, timing.last if timing.first else None)
+        rec.turn_done(timing.sent, timing.first, now, timing.max_gap, timing.last if timing.first is not None else None)
     if history is not None:
         history += [messages[-1], {"role": "assistant", "content": "".join(parts)}]

@@ -148,7 +148,7 @@ class Turn:
                 content=req.get("content"),
                 idempotency_key=key,
                 history=history,
-                snapshot_count=session.message_count if snapshot is not None and session is not None else None,
+                snapshot_count=snapshot.session.message_count if snapshot is not None else None,
             )
         except errors.DuplicateRequest:
             # Another send with this key won the race to the unique index: answer with its state, start nothing.

@@ -255,7 +255,9 @@ class Upstream:
         return int(result.input_tokens)
 
     async def close(self) -> None:
-        clients, self._retired = [*self._retired, *([self._client] if self._client is not None else [])], []
-        self._client = None
+        clients, self._retired = self._retired, []
+        if self._client is not None:
+            clients.append(self._client)
+            self._client = None
         for client in clients:
             await client.close()

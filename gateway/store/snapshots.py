@@ -33,10 +33,6 @@ class StaleSnapshot(Exception):
     """begin_turn found the session changed since the snapshot: it wrote nothing; read afresh and try again."""
 
 
-def chars_of(items: list[HistoryItem]) -> int:
-    return sum(_chars(item) for item in items)
-
-
 def _chars(item: HistoryItem) -> int:
     # Text and thinking are nearly all of a message; tool inputs and signatures count as a little overhead.
     return 64 + sum(len(block.get("text") or block.get("thinking") or "") for block in item.content)
@@ -61,14 +57,12 @@ class Snapshots:
         """A turn was written after assembling from `history` (a snapshot's, or a fresh read's)."""
         known = self._snapshots.get(session.id)
         # From a snapshot, its size carries over; a fresh read is sized once, as its own read was a pass over it.
-        chars = known.chars if known is not None and known.history is history else chars_of(history)
+        chars = known.chars if known is not None and known.history is history else sum(map(_chars, history))
         self.drop(session.id)  # until the reply is saved, only a read knows the session's state
         self._pending[reply_id] = (session, [*history, user], chars + _chars(user))
 
-    def finished(self, reply: HistoryItem | None) -> None:
-        """The reply was saved (`reply`: as a read would return it), or its save failed (None: forget the turn)."""
-        if reply is None:
-            return
+    def finished(self, reply: HistoryItem) -> None:
+        """The reply was saved; `reply` is as a read would return it. (A failed save calls `abandon` instead.)"""
         pending = self._pending.pop(reply.id, None)
         if pending is None:
             return
