@@ -91,12 +91,28 @@ def histogram_quantiles(text: str, name: str, labels: dict[str, str]) -> tuple[f
 async def main(args: argparse.Namespace) -> None:
     fake_port, port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "AGENTSPACE_HOME": home, "AGENTSPACE_PORT": str(port), "ANTHROPIC_API_KEY": "test",
-               "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{fake_port}", "AGENTSPACE_FRAMES_PER_SECOND": "0",
-               "AGENTSPACE_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "AGENTSPACE_HOME": home,
+            "AGENTSPACE_PORT": str(port),
+            "ANTHROPIC_API_KEY": "test",
+            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{fake_port}",
+            "AGENTSPACE_FRAMES_PER_SECOND": "0",
+            "AGENTSPACE_LOG_LEVEL": "WARNING",
+        }
         fake = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.fake_anthropic", "--port", str(fake_port), "--words", str(args.words),
-            "--delay-ms", str(args.delay_ms), cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "tests.fake_anthropic",
+            "--port",
+            str(fake_port),
+            "--words",
+            str(args.words),
+            "--delay-ms",
+            str(args.delay_ms),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
         assert fake.stdout is not None
         await fake.stdout.readline()  # it prints its URL once it is listening
         server = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "serve", env=env, cwd=ROOT)
@@ -115,15 +131,21 @@ async def main(args: argparse.Namespace) -> None:
                 process.terminate()
                 await process.wait()
     turns = args.clients * args.chats
-    print(f"{turns} chats ({args.clients} concurrent clients, {args.words} words each, {args.delay_ms} ms apart) "
-          f"in {wall:.1f} s: {turns / wall:.1f} chats/s")
+    print(
+        f"{turns} chats ({args.clients} concurrent clients, {args.words} words each, {args.delay_ms} ms apart) "
+        f"in {wall:.1f} s: {turns / wall:.1f} chats/s"
+    )
     ordered = sorted(ttft)
-    print(f"client time to first text delta: P50 {statistics.median(ordered):.1f} ms, "
-          f"P95 {ordered[int(len(ordered) * 0.95) - 1]:.1f} ms; whole reply P50 {statistics.median(total):.0f} ms")
+    print(
+        f"client time to first text delta: P50 {statistics.median(ordered):.1f} ms, "
+        f"P95 {ordered[int(len(ordered) * 0.95) - 1]:.1f} ms; whole reply P50 {statistics.median(total):.0f} ms"
+    )
     for phase in ("request", "delta"):
         mean, p50, p95, count = histogram_quantiles(metrics, "agentspace_gateway_overhead_seconds", {"phase": phase})
-        print(f"gateway overhead, {phase}: mean {mean * 1000:.3f} ms, P50 <= {p50 * 1000:g} ms, "
-              f"P95 <= {p95 * 1000:g} ms over {count} observations")
+        print(
+            f"gateway overhead, {phase}: mean {mean * 1000:.3f} ms, P50 <= {p50 * 1000:g} ms, "
+            f"P95 <= {p95 * 1000:g} ms over {count} observations"
+        )
     for verb in ("select", "insert", "update"):
         mean, p50, p95, count = histogram_quantiles(metrics, "agentspace_db_statement_seconds", {"operation": verb})
         if count:

@@ -23,15 +23,17 @@ import aiohttp
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.handlers import SERVICES
+from gateway.chat.services import Services
 from gateway.protocol import Request
-from gateway.queries import context_inspect
-from gateway.services import Services
+from gateway.server.handlers import SERVICES
+from gateway.server.queries import context_inspect
 from gateway.settings import Settings, default_db_url
 from gateway.store.chats import new_id
 
-WORDS = ("the gateway keeps every session message and usage record in sql so history survives restarts "
-         "context window tokens cost cache prompt model reply stream thinking signature agent memory skill").split()
+WORDS = (
+    "the gateway keeps every session message and usage record in sql so history survives restarts "
+    "context window tokens cost cache prompt model reply stream thinking signature agent memory skill"
+).split()
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -42,8 +44,12 @@ async def populate(s: Services, pairs: int, rng: random.Random) -> str:
     session_id = new_id()
     for pair in range(pairs):
         rows = await s.store.chats.begin_turn(
-            session_id=session_id, create=pair == 0, agent_id="default", model=s.settings.default_model,
-            content=words(rng, rng.randint(20, 120)), idempotency_key=None,
+            session_id=session_id,
+            create=pair == 0,
+            agent_id="default",
+            model=s.settings.default_model,
+            content=words(rng, rng.randint(20, 120)),
+            idempotency_key=None,
         )
         text = words(rng, rng.randint(50, 300))
         content = [
@@ -51,8 +57,14 @@ async def populate(s: Services, pairs: int, rng: random.Random) -> str:
             {"type": "text", "text": text},
         ]
         await s.store.chats.finish_turn(
-            message_id=rows.assistant_message.id, session_id=session_id, content=content, text=text,
-            status="complete", stop_reason="end_turn", error_code=None, usage=None,
+            message_id=rows.assistant_message.id,
+            session_id=session_id,
+            content=content,
+            text=text,
+            status="complete",
+            stop_reason="end_turn",
+            error_code=None,
+            usage=None,
         )
     return session_id
 

@@ -19,7 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import profile
+from bench import profile
+
 from .procs import (
     Proc,
     UpstreamConfig,

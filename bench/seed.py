@@ -23,8 +23,8 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.db import create_engine, upgrade_to_head
-from gateway.models import UsageRecord
+from gateway.store.db import create_engine, upgrade_to_head
+from gateway.store.models import UsageRecord
 
 BATCH = 5000
 WORDS = (

@@ -31,13 +31,13 @@ from aiohttp import web
 
 from bench.seed import USAGE_COLUMNS, usage_rows
 from gateway.app import create_app
-from gateway.budgets import BudgetGuard
-from gateway.db import create_engine, make_sessionmaker, upgrade_to_head
-from gateway.prices import PriceBook
-from gateway.reports import usage_report
+from gateway.billing.budgets import BudgetGuard
+from gateway.billing.prices import PriceBook
+from gateway.billing.reports import usage_report
+from gateway.context.workspace import WorkspaceLoader
 from gateway.settings import Settings, default_db_url
 from gateway.store import Database, Store, UsageFilters
-from gateway.workspace import WorkspaceLoader
+from gateway.store.db import create_engine, make_sessionmaker, upgrade_to_head
 
 COLUMNS = ", ".join(USAGE_COLUMNS)
 

@@ -9,9 +9,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from .connection import Connection
-from .db import create_engine, make_sessionmaker, upgrade_to_head
-from .handlers import (
+from gateway.chat.locks import LocalSessionLocks, SessionLocks
+from gateway.chat.metrics import Metrics
+from gateway.chat.recovery import recover_orphans
+from gateway.chat.services import Services
+from gateway.chat.upstream import Upstream
+from gateway.server.connection import Connection
+from gateway.server.handlers import (
     CONNECTIONS,
     METRICS,
     SERVICES,
@@ -23,13 +27,9 @@ from .handlers import (
     healthz,
     metrics,
 )
-from .locks import LocalSessionLocks, SessionLocks
-from .metrics import Metrics
-from .recovery import recover_orphans
-from .services import Services
-from .settings import Settings
-from .store import Database, Store
-from .upstream import Upstream
+from gateway.settings import Settings
+from gateway.store import Database, Store
+from gateway.store.db import create_engine, make_sessionmaker, upgrade_to_head
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ SETTINGS = web.AppKey("settings", Settings)
 
 async def _make_locks(settings: Settings, database: Database) -> SessionLocks:
     if database.dialect == "postgresql":
-        from .pg_locks import PgSessionLocks
+        from gateway.chat.pg_locks import PgSessionLocks
 
         pg_locks: SessionLocks = await PgSessionLocks.open(database.engine)
         return pg_locks

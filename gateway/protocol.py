@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from .errors import GatewayError, InvalidMessage, MessageTooLarge, ParseError
+from gateway.errors import GatewayError, InvalidMessage, MessageTooLarge, ParseError
 
 RequestId = str | int | None
 

@@ -9,9 +9,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from gateway.db import create_engine
-from gateway.models import Base
 from gateway.settings import Settings
+from gateway.store.db import create_engine
+from gateway.store.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("connection") is None:
@@ -39,7 +39,7 @@ async def _run_from_env() -> None:
     engine = create_engine(Settings.from_env().db_url)
     try:
         async with engine.begin() as connection:
-            from gateway.db import _upgrade_lock
+            from gateway.store.db import _upgrade_lock
 
             await connection.run_sync(_upgrade_lock)
             await connection.run_sync(_run)

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from gateway.db import create_engine, upgrade_to_head
+from gateway.store.db import create_engine, upgrade_to_head
 
 T = TypeVar("T")
 

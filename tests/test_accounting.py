@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from anthropic.types import CacheCreation, MessageDeltaUsage, Usage
 
-from gateway.accounting import Cost, Rates, TokenUsage, compute_cost, nano_to_usd, usd_str
+from gateway.billing.accounting import Cost, Rates, TokenUsage, compute_cost, nano_to_usd, usd_str
 
 # Sonnet 5.5 from 2026-10-07: $2 / $10 / $2.50 / $4 / $0.10 per MTok.
 SONNET_55 = Rates(input=2000, output=10000, cache_write_5m=2500, cache_write_1h=4000, cache_read=100)

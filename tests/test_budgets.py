@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from aiohttp import ClientWebSocketResponse
 
-from gateway.budget_config import Budget, budget_of_unreadable, parse_budget
-from gateway.budgets import BudgetGuard, period_bounds, worst_case
+from gateway.billing.budget_config import Budget, budget_of_unreadable, parse_budget
+from gateway.billing.budgets import BudgetGuard, period_bounds, worst_case
+from gateway.billing.prices import PriceBook
+from gateway.context.workspace import WorkspaceLoader
 from gateway.errors import BudgetExceeded
-from gateway.prices import PriceBook
 from gateway.settings import Settings
-from gateway.workspace import WorkspaceLoader
 from tests.conftest import Gateway, chat, collect, recv, request, send
 from tests.fake_anthropic import FakeAnthropic, Reply
 from tests.sql import sql_exec, sql_rows

@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp import ClientWebSocketResponse
 
-from gateway.connection import Connection
-from gateway.handlers import CONNECTIONS
+from gateway.server.connection import Connection
+from gateway.server.handlers import CONNECTIONS
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, deltas, recv, request, send
 from tests.databases import rows

@@ -29,8 +29,9 @@ class Terminal:
     """A pty running the CLI. pexpect blocks, so each wait runs in a thread while the gateway serves in this loop."""
 
     def __init__(self, *args: str) -> None:
-        self.child = pexpect.spawn(sys.executable, ["-m", "gateway", *args], env=cli_env(), encoding="utf-8",
-                                   timeout=20, dimensions=(40, 200))
+        self.child = pexpect.spawn(
+            sys.executable, ["-m", "gateway", *args], env=cli_env(), encoding="utf-8", timeout=20, dimensions=(40, 200)
+        )
 
     async def expect(self, pattern: Any) -> re.Match[str]:
         await asyncio.to_thread(self.child.expect, pattern)
@@ -81,8 +82,14 @@ async def test_terminal_chat_streams_lists_cancels_and_quits(gateway: Gateway, f
 
 async def run_cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args, env=cli_env(),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        env=cli_env(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(stdin), 30)
     assert process.returncode is not None

@@ -138,7 +138,7 @@ def test_urls_people_type_are_accepted() -> None:
 def test_every_gateway_error_code_has_a_client_family() -> None:
     """A code added to gateway/errors.py must get its family here too, or clients would see it as a ServerError."""
     from gateway import errors
-    from gateway.client_errors import FAMILIES
+    from gateway.client.errors import FAMILIES
 
     def codes(cls: type[errors.GatewayError]) -> set[str]:
         return {cls.code}.union(*(codes(sub) for sub in cls.__subclasses__()))

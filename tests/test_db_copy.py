@@ -83,7 +83,10 @@ async def test_copy_keeps_everything_and_refuses_a_full_target(
     calls = len(fake.requests)
     [state] = await chat(ws, "remember the number 42", idempotencyKey="k-1")
     assert (state["type"], state["duplicate"], state["sessionId"], state["status"]) == (
-        "chat.state", True, first, "complete"
+        "chat.state",
+        True,
+        first,
+        "complete",
     )
     assert len(fake.requests) == calls
     await ws.close()

@@ -80,7 +80,7 @@ async def test_missing_api_key_keeps_everything_else_working(
 async def test_key_from_vault_is_used(
     gateway_factory: object, settings: Settings, fake: FakeAnthropic, tmp_path: Path
 ) -> None:
-    from gateway.keys import Vault
+    from gateway.chat.key_vault import Vault
 
     Vault(settings.vault_path).set("anthropic", "test-key")
     gateway: Gateway = await gateway_factory(settings.with_overrides(anthropic_api_key=None))  # type: ignore[operator]

@@ -8,7 +8,7 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 
 from gateway import errors
-from gateway.handlers import SERVICES
+from gateway.server.handlers import SERVICES
 from gateway.store.chats import new_id
 from tests.conftest import Gateway, chat, collect, recv, send
 from tests.databases import rows

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType
 
-from gateway.connection import Connection
-from gateway.handlers import CONNECTIONS, read_limit
+from gateway.server.connection import Connection
+from gateway.server.handlers import CONNECTIONS, read_limit
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, deltas, recv, request, send
 from tests.fake_anthropic import FakeAnthropic, Reply

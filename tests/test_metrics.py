@@ -12,7 +12,7 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.logs import JsonFormatter
+from gateway.server.logs import JsonFormatter
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, recv, send
 from tests.fake_anthropic import FakeAnthropic, Reply

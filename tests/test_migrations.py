@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from gateway.db import create_engine, upgrade_to_head
-from gateway.models import Base
+from gateway.store.db import create_engine, upgrade_to_head
+from gateway.store.models import Base
 
 REPO = Path(__file__).resolve().parent.parent
 

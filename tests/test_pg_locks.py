@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.db import create_engine
+from gateway.chat.pg_locks import PgSessionLocks, session_key
 from gateway.errors import StreamInProgress
-from gateway.pg_locks import PgSessionLocks, session_key
+from gateway.store.db import create_engine
 from tests.test_scale_out import kill_backend
 
 

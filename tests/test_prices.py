@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.accounting import Cost, Rates, TokenUsage
-from gateway.prices import PriceBook, format_price_table, mtok_str
+from gateway.billing.accounting import Cost, Rates, TokenUsage
+from gateway.billing.prices import PriceBook, format_price_table, mtok_str
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

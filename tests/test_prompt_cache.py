@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import ClientWebSocketResponse
 
-from gateway.context import assemble
+from gateway.context.assembly import assemble
+from gateway.context.workspace import WorkspaceLoader
 from gateway.settings import Settings
 from gateway.store import HistoryItem
-from gateway.workspace import WorkspaceLoader
 from tests.conftest import chat, request
 from tests.fake_anthropic import FakeAnthropic, Reply
 

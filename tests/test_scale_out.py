@@ -19,10 +19,10 @@ import asyncpg
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
-from gateway.db import alembic_config
-from gateway.handlers import SERVICES
-from gateway.pg_locks import PgSessionLocks
+from gateway.chat.pg_locks import PgSessionLocks
+from gateway.server.handlers import SERVICES
 from gateway.settings import Settings
+from gateway.store.db import alembic_config
 from tests.conftest import Gateway, chat, collect, make_settings, recv, request, send
 from tests.databases import rows, scalar
 from tests.fake_anthropic import FakeAnthropic, Reply
@@ -86,9 +86,7 @@ async def test_one_stream_per_session_across_processes(
     session_id = await start_held(ws_a, fake, 1, id="a1")
 
     refused = await chat(ws_b, "me too", id="b1", sessionId=session_id)
-    assert [(f["type"], f.get("code"), f.get("retryable")) for f in refused] == [
-        ("error", "STREAM_IN_PROGRESS", True)
-    ]
+    assert [(f["type"], f.get("code"), f.get("retryable")) for f in refused] == [("error", "STREAM_IN_PROGRESS", True)]
     assert "another gateway process" in refused[0]["message"]
     # Other sessions are not held up by it, in either process.
     assert (await chat(ws_b, "a different session", id="b2"))[-1]["type"] == "chat.stream.end"
@@ -206,8 +204,15 @@ async def test_simultaneous_starts_migrate_a_fresh_database_once(
     # Two `alembic upgrade head` processes and three gateway start-ups, all at once, on an empty database.
     clis = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "alembic", "upgrade", "head", cwd=REPO, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "alembic",
+            "upgrade",
+            "head",
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         for _ in range(2)
     ]

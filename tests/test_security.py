@@ -14,7 +14,7 @@ from aiohttp import WSCloseCode, WSMsgType
 
 from gateway.cli import main
 from gateway.cli.serve_cmd import run as serve
-from gateway.connection import token_ok
+from gateway.server.connection import token_ok
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, recv, request, send
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientWebSocketResponse
 
-from gateway.handlers import SERVICES
+from gateway.server.handlers import SERVICES
 from gateway.settings import Settings
 from gateway.store.chats import ChatStore
 from tests.conftest import Gateway, chat, recv, send
@@ -130,8 +130,8 @@ async def test_a_deleted_session_is_not_continued_from_memory(
 
 def test_snapshots_are_bounded_by_the_text_they_hold() -> None:
     """Memory stays bounded however long sessions grow: oldest sessions go first, an oversized one is not kept."""
-    from gateway.models import ChatSession
     from gateway.store.history import HistoryItem
+    from gateway.store.models import ChatSession
     from gateway.store.snapshots import Snapshots
 
     def item(message_id: str, text: str) -> HistoryItem:

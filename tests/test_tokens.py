@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from gateway.tokens import COUNTER_NAME, TokenCounter
+from gateway.context.tokens import COUNTER_NAME, TokenCounter
 
 
 def test_known_count() -> None:

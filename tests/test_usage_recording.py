@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import ClientWebSocketResponse
 
-from gateway.handlers import CONNECTIONS
+from gateway.server.handlers import CONNECTIONS
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, recv, request, send
 from tests.fake_anthropic import FakeAnthropic, Reply

@@ -13,10 +13,10 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from gateway.accounting import nano_to_usd
-from gateway.models import UsageRecord
+from gateway.billing.accounting import nano_to_usd
 from gateway.protocol import iso
 from gateway.settings import Settings
+from gateway.store.models import UsageRecord
 from tests.conftest import Gateway, request
 from tests.sql import sql_exec, sql_rows
 

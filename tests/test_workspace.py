@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import AgentNotFound, InvalidMessage
-from gateway.settings import DEFAULT_SYSTEM_PROMPT
-from gateway.workspace import Skill, WorkspaceLoader, validate_agent_id
-from gateway.workspace_files import (
+from gateway.context.workspace import Skill, WorkspaceLoader, validate_agent_id
+from gateway.context.workspace_files import (
     MAX_MEMORY_BYTES,
     MAX_SKILL_DESCRIPTION_CHARS,
     MAX_SKILLS,
@@ -20,6 +18,8 @@ from gateway.workspace_files import (
     MAX_TOOLS_BYTES,
     parse_front_matter,
 )
+from gateway.errors import AgentNotFound, InvalidMessage
+from gateway.settings import DEFAULT_SYSTEM_PROMPT
 
 
 def write(path: Path, content: str | bytes, *, age_s: float = 60.0) -> None:

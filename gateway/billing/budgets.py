@@ -14,15 +14,37 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from . import errors
+from gateway import errors
+from gateway.protocol import iso
+from gateway.store import Store
+
 from .accounting import nano_to_usd
 from .budget_config import Budget
 from .prices import PriceBook
-from .protocol import iso
-from .store import Store
-from .workspace import Workspace, WorkspaceLoader
+
+
+class BudgetedAgent(Protocol):
+    """What a budget check needs of an agent (a context.workspace.Workspace is one). Billing sits below context, so
+    it names the shape instead of importing the workspace."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def budget(self) -> Budget | None: ...
+
+    @property
+    def cache_mode(self) -> str: ...
+
+
+class AgentDirectory(Protocol):
+    """Where the agents and their budgets are found (a context.workspace.WorkspaceLoader is one)."""
+
+    def list_agents(self) -> list[str]: ...
+
+    def load(self, agent_id: str) -> BudgetedAgent: ...
 
 
 def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
@@ -99,7 +121,7 @@ class BudgetGuard:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def reserve(
-        self, workspace: Workspace, model: str, estimate: int, max_tokens: int, now: datetime | None = None
+        self, workspace: BudgetedAgent, model: str, estimate: int, max_tokens: int, now: datetime | None = None
     ) -> Reservation | None:
         """Raise BudgetExceeded, or hold this send's worst case; None when the agent has no budget."""
         budget, agent_id = workspace.budget, workspace.agent_id
@@ -141,7 +163,7 @@ class BudgetGuard:
             self._reserved[agent_id] = in_flight + worst
         return Reservation(self, agent_id, worst)
 
-    async def status(self, workspaces: WorkspaceLoader, agent_id: str | None = None) -> list[dict[str, Any]]:
+    async def status(self, workspaces: AgentDirectory, agent_id: str | None = None) -> list[dict[str, Any]]:
         """Every cap (of one agent, or of all) with its spend this period, for reports."""
         now = datetime.now(UTC)
         out: list[dict[str, Any]] = []

@@ -1,4 +1,4 @@
-"""The price book: Claude rates as data (gateway/data/prices.toml plus an optional user file), priced by date.
+"""The price book: Claude rates as data (gateway/billing/data/prices.toml plus an optional user file), priced by date.
 
 Prices change in place, so every entry is a list of dated periods and a request is priced with the period in force on
 its UTC date. The TOML format is documented in docs/PRICING.md.
@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gateway.accounting import Priced, Rates, TokenUsage, compute_cost
+from .accounting import Priced, Rates, TokenUsage, compute_cost
 
 RATE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
 _MODEL_KEYS = {"id", "aliases", "context_window", "deprecated", "retired", "notes", "periods"}
@@ -78,8 +78,8 @@ class PriceBook:
     @classmethod
     def load(cls, user_file: Path | None = None) -> PriceBook:
         """Built-in prices, then the user's file on top (a missing user file is not an error)."""
-        builtin = resources.files("gateway").joinpath("data", "prices.toml").read_text(encoding="utf-8")
-        entries = parse_prices(builtin, "gateway/data/prices.toml", source="builtin")
+        builtin = resources.files("gateway.billing").joinpath("data", "prices.toml").read_text(encoding="utf-8")
+        entries = parse_prices(builtin, "gateway/billing/data/prices.toml", source="builtin")
         if user_file is not None and user_file.is_file():
             overrides = parse_prices(user_file.read_text(encoding="utf-8"), str(user_file), source=str(user_file))
             entries = _apply_overrides(entries, overrides)

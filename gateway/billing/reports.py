@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.store import Store, UsageFilters, UsageTotals
+
 from .accounting import nano_to_usd
-from .budgets import BudgetGuard
-from .store import Store, UsageFilters, UsageTotals
-from .workspace import WorkspaceLoader
+from .budgets import AgentDirectory, BudgetGuard
 
 
 def totals_fields(t: UsageTotals) -> dict[str, Any]:
@@ -40,7 +40,7 @@ async def usage_report(
     group_by: str | None,
     *,
     budgets: BudgetGuard,
-    workspaces: WorkspaceLoader,
+    workspaces: AgentDirectory,
 ) -> dict[str, Any]:
     """The `usage.report` frame without its id."""
     per_model = await store.usage.per_model(filters)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .errors import StreamInProgress
+from gateway.errors import StreamInProgress
 
 
 class SessionLease(Protocol):

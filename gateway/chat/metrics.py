@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .accounting import TokenUsage
+from gateway.billing.accounting import TokenUsage
 
 log = logging.getLogger("gateway.turns")
 

@@ -27,8 +27,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from .db import is_connectivity_error, pg_connect_args
-from .errors import DatabaseUnavailable, StreamInProgress
+from gateway.errors import DatabaseUnavailable, StreamInProgress
+from gateway.store.db import is_connectivity_error, pg_connect_args
 
 log = logging.getLogger(__name__)
 

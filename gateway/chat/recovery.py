@@ -7,9 +7,10 @@ process on SQLite every lock is free at start-up, so the same rule marks every s
 
 from __future__ import annotations
 
-from .errors import StreamInProgress
+from gateway.errors import StreamInProgress
+from gateway.store import Store
+
 from .locks import SessionLocks
-from .store import Store
 
 
 async def recover_orphans(store: Store, locks: SessionLocks) -> int:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .budgets import BudgetGuard
-from .keys import KeyProvider, Vault
+from gateway.billing.budgets import BudgetGuard
+from gateway.billing.prices import PriceBook
+from gateway.context.tokens import TokenCounter
+from gateway.context.workspace import WorkspaceLoader
+from gateway.settings import Settings
+from gateway.store import Store
+
+from .key_vault import KeyProvider, Vault
 from .locks import SessionLocks
 from .metrics import Metrics
-from .prices import PriceBook
-from .settings import Settings
-from .store import Store
-from .tokens import TokenCounter
 from .upstream import Upstream
-from .workspace import WorkspaceLoader
 
 
 @dataclass

@@ -11,18 +11,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import errors
-from .budgets import Reservation
+from gateway import errors
+from gateway.billing.budgets import Reservation
+from gateway.context.assembly import Assembled, assemble
+from gateway.context.inspection import calibrated, calibration_ratio, estimate_input_tokens, measure
+from gateway.protocol import Request, RequestId
+from gateway.store import HistoryItem, TurnRows
+from gateway.store.chats import new_id
+from gateway.store.models import ChatSession, Message, utcnow
+from gateway.store.snapshots import StaleSnapshot
+
 from .checkpoints import Checkpointer
-from .context import Assembled, assemble
-from .inspection import calibrated, calibration_ratio, estimate_input_tokens, measure
 from .locks import SessionLease
-from .models import ChatSession, Message, utcnow
-from .protocol import Request, RequestId
 from .services import Services
-from .store import HistoryItem, TurnRows
-from .store.chats import new_id
-from .store.snapshots import StaleSnapshot
 from .turn_end import Ending, record_failed_attempt, settle
 from .turn_frames import duplicate_frame, error_with, session_key
 from .upstream import Reply, map_error, retry_after_s

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import errors
-from .accounting import Priced
-from .context import Assembled
+from gateway import errors
+from gateway.billing.accounting import Priced
+from gateway.context.assembly import Assembled
+from gateway.protocol import RequestId
+from gateway.store import TurnRows
+from gateway.store.models import UsageRecord, utcnow
+
 from .metrics import TurnObserver
-from .models import UsageRecord, utcnow
-from .protocol import RequestId
 from .services import Services
-from .store import TurnRows
 from .turn_frames import end_frame, error_with, usage_record
 from .upstream import Reply
 
@@ -55,9 +56,7 @@ async def settle(
     record: UsageRecord | None = None
     if reply.message_id is not None:
         priced = s.prices.price(assembled.model, reply.usage, utcnow())
-        record = usage_record(
-            rows, priced, status, duration_ms, ending.first_token_ms, estimate, reply.message_id
-        )
+        record = usage_record(rows, priced, status, duration_ms, ending.first_token_ms, estimate, reply.message_id)
     stop_reason = reply.stop_reason if status == "complete" else status
     calibration = None
     if status == "complete" and reply.usage.prompt_tokens > 0:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import errors
-from .accounting import Priced, TokenUsage, nano_to_usd
-from .models import ChatSession, Message, UsageRecord, utcnow
-from .protocol import RequestId, error_frame
-from .store import TurnRows
-from .store.chats import new_id
+from gateway import errors
+from gateway.billing.accounting import Priced, TokenUsage, nano_to_usd
+from gateway.protocol import RequestId, error_frame
+from gateway.store import TurnRows
+from gateway.store.chats import new_id
+from gateway.store.models import ChatSession, Message, UsageRecord, utcnow
 
 
 def usage_fields(usage: TokenUsage) -> dict[str, int]:

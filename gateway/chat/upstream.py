@@ -11,11 +11,12 @@ from typing import Any
 import anthropic
 import httpx2
 
-from . import errors
-from .accounting import TokenUsage
-from .db import json_loads
-from .keys import KeyProvider
-from .settings import Settings
+from gateway import errors
+from gateway.billing.accounting import TokenUsage
+from gateway.settings import Settings
+from gateway.store.db import json_loads
+
+from .key_vault import KeyProvider
 
 log = logging.getLogger(__name__)
 

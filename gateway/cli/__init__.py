@@ -1,4 +1,8 @@
-"""`agentspace` command line: one subcommand per module in this package."""
+"""`agentspace` command line: one subcommand per module in this package.
+
+The top of the import order: it may import anything in `gateway` (the app factory for `serve`, the store for
+`usage` and `db copy`, the client library for `chat`); nothing imports it but `gateway.__main__`.
+"""
 
 from __future__ import annotations
 

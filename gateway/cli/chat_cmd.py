@@ -14,8 +14,9 @@ import signal
 import sys
 from typing import Any
 
-from ..client import AuthError, GatewayClient, GatewayClientError
-from ..settings import Settings
+from gateway.client import AuthError, GatewayClient, GatewayClientError
+from gateway.settings import Settings
+
 from . import chat_view as view
 from .chat_repl import ChatOptions, ChatRepl
 
@@ -43,8 +44,13 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     url = args.url or default_url(settings)
     token = args.token or settings.token
-    options = ChatOptions(session_id=args.session, agent_id=args.agent, model=args.model,
-                          max_tokens=args.max_tokens, show_thinking=not args.no_thinking)
+    options = ChatOptions(
+        session_id=args.session,
+        agent_id=args.agent,
+        model=args.model,
+        max_tokens=args.max_tokens,
+        show_thinking=not args.no_thinking,
+    )
     if args.message is None:
         return asyncio.run(_interactive(url, token, options))
     message = sys.stdin.read() if args.message == "-" else args.message
@@ -70,8 +76,13 @@ async def ask_once(url: str, token: str | None, message: str, options: ChatOptio
     wrote = ""
     try:
         async with GatewayClient.connect(url, token) as gw:
-            stream = gw.chat(message, session_id=options.session_id, agent_id=options.agent_id,
-                             model=options.model, max_tokens=options.max_tokens)
+            stream = gw.chat(
+                message,
+                session_id=options.session_id,
+                agent_id=options.agent_id,
+                model=options.model,
+                max_tokens=options.max_tokens,
+            )
 
             def on_sigint() -> None:
                 nonlocal interrupted
@@ -99,8 +110,10 @@ async def ask_once(url: str, token: str | None, message: str, options: ChatOptio
 def _complain(exc: GatewayClientError) -> None:
     print(f"agentspace: {exc}", file=sys.stderr)
     if isinstance(exc, AuthError):
-        print("agentspace: this gateway needs its token: --token, AGENTSPACE_TOKEN or $AGENTSPACE_HOME/token",
-              file=sys.stderr)
+        print(
+            "agentspace: this gateway needs its token: --token, AGENTSPACE_TOKEN or $AGENTSPACE_HOME/token",
+            file=sys.stderr,
+        )
 
 
 def _write(text: str) -> None:

@@ -17,7 +17,8 @@ import threading
 from dataclasses import dataclass
 from typing import TextIO
 
-from ..client import ChatStream, ConnectionClosedError, GatewayClient, GatewayClientError, NotFoundError
+from gateway.client import ChatStream, ConnectionClosedError, GatewayClient, GatewayClientError, NotFoundError
+
 from . import chat_view as view
 
 _EOF = object()
@@ -63,8 +64,9 @@ def start_line_reader(loop: asyncio.AbstractEventLoop, on_line: object, fd: int 
 
 
 class ChatRepl:
-    def __init__(self, gw: GatewayClient, url: str, options: ChatOptions,
-                 out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+    def __init__(
+        self, gw: GatewayClient, url: str, options: ChatOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    ) -> None:
         self.gw = gw
         self.url = url
         self.o = options
@@ -156,8 +158,9 @@ class ChatRepl:
             task.add_done_callback(self._tasks.discard)
 
     async def _reply(self, text: str) -> None:
-        stream = self.gw.chat(text, session_id=self.session_id, agent_id=self.o.agent_id, model=self.o.model,
-                              max_tokens=self.o.max_tokens)
+        stream = self.gw.chat(
+            text, session_id=self.session_id, agent_id=self.o.agent_id, model=self.o.model, max_tokens=self.o.max_tokens
+        )
         self.stream = stream
         thinking = False
         wrote = ""

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ..client import ChatEnd
+from gateway.client import ChatEnd
 
 Frame = dict[str, Any]
 
@@ -90,8 +90,14 @@ def sessions_view(frame: Frame, current: str | None) -> str:
         mark = "*" if s["sessionId"] == current else " "
         title = (s.get("title") or "").replace("\n", " ")
         title = title if len(title) <= 40 else title[:39] + "…"
-        rows.append([f"{mark} {short_id(s['sessionId'])}", title, num(s.get("messageCount")),
-                     str(s.get("updatedAt", ""))[:16].replace("T", " ")])
+        rows.append(
+            [
+                f"{mark} {short_id(s['sessionId'])}",
+                title,
+                num(s.get("messageCount")),
+                str(s.get("updatedAt", ""))[:16].replace("T", " "),
+            ]
+        )
     return table(["  id", "title", "msgs", "updated (UTC)"], rows, left=2)
 
 
@@ -104,13 +110,17 @@ def context_view(frame: Frame) -> str:
         share = f"{100 * s['tokenEstimate'] / total_tokens:.1f}%" if total_tokens else "-"
         rows.append([s["name"], num(s["byteCount"]), num(s["tokenEstimate"]), usd(s.get("costEstimate")), share])
     rows.append(["total", num(totals.get("byteCount")), num(total_tokens), usd(totals.get("costEstimate")), ""])
-    lines = [f"model {frame.get('model')} · agent {frame.get('agentId')} · session {short_id(frame.get('sessionId'))}",
-             table(["section", "bytes", "tokens", "cost", "share"], rows)]
+    lines = [
+        f"model {frame.get('model')} · agent {frame.get('agentId')} · session {short_id(frame.get('sessionId'))}",
+        table(["section", "bytes", "tokens", "cost", "share"], rows),
+    ]
     window, window_share = frame.get("contextWindow"), frame.get("windowShare")
     if window:
         best = frame.get("calibratedTokenEstimate") or total_tokens + (frame.get("requestOverheadTokens") or 0)
-        lines.append(f"window: {num(best)} of {num(window)} tokens ({100 * (window_share or 0):.4f}%), "
-                     f"max_tokens {num(frame.get('maxTokens'))}, counted by {frame.get('tokenCounter')}")
+        lines.append(
+            f"window: {num(best)} of {num(window)} tokens ({100 * (window_share or 0):.4f}%), "
+            f"max_tokens {num(frame.get('maxTokens'))}, counted by {frame.get('tokenCounter')}"
+        )
     for problem in frame.get("problems") or []:
         lines.append(f"problem: {problem}")
     return "\n".join(lines)
@@ -125,17 +135,24 @@ def usage_view(session_report: Frame | None, overall: Frame) -> str:
         rows = [_usage_row(model, t) for model, t in sorted(per_model.items())]
         if len(rows) != 1:
             rows.append(_usage_row("total", report.get("grandTotal") or {}))
-        blocks.append(f"{title}:\n" + table(["model", "requests", "in", "out", "cache read", "cache write", "cost"],
-                                            rows))
+        blocks.append(
+            f"{title}:\n" + table(["model", "requests", "in", "out", "cache read", "cache write", "cost"], rows)
+        )
         if report.get("unpricedRequests"):
             blocks.append(f"({report['unpricedRequests']} requests to unpriced models are not in the cost)")
     return "\n".join(blocks)
 
 
 def _usage_row(name: str, t: Frame) -> list[str]:
-    return [name, num(t.get("requestCount", 0)), num(t.get("inputTokens", 0)), num(t.get("outputTokens", 0)),
-            num(t.get("cacheReadInputTokens", 0)), num(t.get("cacheCreationInputTokens", 0)),
-            usd(t.get("totalCost", 0.0))]
+    return [
+        name,
+        num(t.get("requestCount", 0)),
+        num(t.get("inputTokens", 0)),
+        num(t.get("outputTokens", 0)),
+        num(t.get("cacheReadInputTokens", 0)),
+        num(t.get("cacheCreationInputTokens", 0)),
+        usd(t.get("totalCost", 0.0)),
+    ]
 
 
 def history_tail(frame: Frame, count: int = 2) -> str:

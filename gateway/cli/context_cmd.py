@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import GatewayError
-from ..protocol import dump, parse_frame
-from ..settings import Settings
+from gateway.errors import GatewayError
+from gateway.protocol import dump, parse_frame
+from gateway.settings import Settings
 
 COLUMNS = ("section", "items", "bytes", "tokens", "cost", "share", "")
 
@@ -52,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
 async def _inspect(settings: Settings, request: Any) -> dict[str, Any]:
     # Imported here: the store and the SDK take seconds to import, and every other command would pay for them.
-    from .. import queries
-    from ..db import create_engine, make_sessionmaker
-    from ..locks import LocalSessionLocks
-    from ..services import Services
-    from ..store import Database, Store
+    from gateway.chat.locks import LocalSessionLocks
+    from gateway.chat.services import Services
+    from gateway.server import queries
+    from gateway.store import Database, Store
+    from gateway.store.db import create_engine, make_sessionmaker
 
     engine = create_engine(settings.db_url, pool_size=1, max_overflow=0)
     services = Services.build(settings, Store(Database(engine, make_sessionmaker(engine))), LocalSessionLocks())
@@ -109,8 +109,17 @@ def format_inspection(frame: dict[str, Any]) -> str:
                 "truncated" if s.get("truncated") else "",
             )
         )
-    rows.append(("total", "", f"{totals['byteCount']:,}", f"{total_tokens:,}", _usd(totals["costEstimate"]),
-                 "100.0%" if total_tokens else "0.0%", ""))
+    rows.append(
+        (
+            "total",
+            "",
+            f"{totals['byteCount']:,}",
+            f"{total_tokens:,}",
+            _usd(totals["costEstimate"]),
+            "100.0%" if total_tokens else "0.0%",
+            "",
+        )
+    )
     lines = [f"session {frame['sessionId']} ({frame['sessionKey']}), model {frame['model']}", ""]
     lines.extend(_table(rows))
     lines.append("")

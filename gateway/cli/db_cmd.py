@@ -34,7 +34,7 @@ def database_url(value: str) -> str:
 
 def run_copy(args: argparse.Namespace) -> int:
     # The database stack loads when the command runs, so the CLI itself starts fast.
-    from ..store.copy import CopyError
+    from gateway.store.copy import CopyError
 
     source, target = database_url(args.source), database_url(args.target)
     if source == target:
@@ -52,8 +52,8 @@ def run_copy(args: argparse.Namespace) -> int:
 
 
 async def _copy(source: str, target: str, *, force: bool, batch_size: int) -> Any:
-    from ..db import create_engine, upgrade_to_head
-    from ..store.copy import copy_database
+    from gateway.store.copy import copy_database
+    from gateway.store.db import create_engine, upgrade_to_head
 
     src, dst = create_engine(source), create_engine(target)
     try:

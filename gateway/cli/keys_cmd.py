@@ -7,8 +7,8 @@ import getpass
 import sys
 from typing import Any
 
-from ..keys import PROVIDERS, Vault, mask
-from ..settings import Settings
+from gateway.chat.key_vault import PROVIDERS, Vault, mask
+from gateway.settings import Settings
 
 
 def register(sub: Any) -> None:

@@ -6,9 +6,9 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from ..prices import PriceBook, format_price_table
-from ..protocol import parse_time
-from ..settings import Settings
+from gateway.billing.prices import PriceBook, format_price_table
+from gateway.protocol import parse_time
+from gateway.settings import Settings
 
 
 def register(sub: Any) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..logs import setup_logging
-from ..settings import Settings
+from gateway.server.logs import setup_logging
+from gateway.settings import Settings
 
 MIN_TOKEN_CHARS = 16
 
@@ -58,11 +58,17 @@ def run(args: argparse.Namespace) -> int:
             "the gateway token is shorter than %d characters; `agentspace token create` makes a strong one",
             MIN_TOKEN_CHARS,
         )
-    log.info("gateway on ws://%s:%d/gateway (Control UI http://%s:%d/), database %s", settings.host, settings.port,
-             settings.host, settings.port, _safe_url(settings.db_url))
+    log.info(
+        "gateway on ws://%s:%d/gateway (Control UI http://%s:%d/), database %s",
+        settings.host,
+        settings.port,
+        settings.host,
+        settings.port,
+        _safe_url(settings.db_url),
+    )
     # Imported here, not at the top: the server pulls in the SDK and SQLAlchemy (seconds), which `agentspace chat`
     # and the other small commands never need.
-    from ..app import create_app
+    from gateway.app import create_app
 
     web.run_app(
         create_app(settings),

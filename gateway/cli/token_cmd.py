@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..settings import Settings
+from gateway.settings import Settings
 
 # 32 random bytes: far beyond guessing, and URL-safe so it fits a header, a query string or a config file as is.
 TOKEN_BYTES = 32

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GatewayError
-from ..protocol import GROUP_BY, dump, iso, parse_time
-from ..settings import Settings
+from gateway.errors import GatewayError
+from gateway.protocol import GROUP_BY, dump, iso, parse_time
+from gateway.settings import Settings
 
 if TYPE_CHECKING:
-    from ..store import UsageFilters
+    from gateway.store import UsageFilters
 
 _RELATIVE = re.compile(r"(\d+)([dh])")
 _MICRO = Decimal("0.000001")
@@ -59,7 +59,7 @@ def parse_when(value: str | None, now: datetime) -> datetime | None:
 
 def run(args: argparse.Namespace) -> int:
     # The store (SQLAlchemy) is imported when the command runs, not when the CLI starts: see test_chat_cli.
-    from ..store import UsageFilters
+    from gateway.store import UsageFilters
 
     settings = Settings.from_env()
     now = datetime.now(UTC)
@@ -76,12 +76,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _report(settings: Settings, filters: UsageFilters, group_by: str) -> dict[str, Any]:
-    from ..budgets import BudgetGuard
-    from ..db import create_engine, make_sessionmaker, upgrade_to_head
-    from ..prices import PriceBook
-    from ..reports import usage_report
-    from ..store import Database, Store
-    from ..workspace import WorkspaceLoader
+    from gateway.billing.budgets import BudgetGuard
+    from gateway.billing.prices import PriceBook
+    from gateway.billing.reports import usage_report
+    from gateway.context.workspace import WorkspaceLoader
+    from gateway.store import Database, Store
+    from gateway.store.db import create_engine, make_sessionmaker, upgrade_to_head
 
     engine = create_engine(settings.db_url)
     try:

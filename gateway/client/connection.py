@@ -9,7 +9,7 @@
         await gw.history(reply.session_id)
 
 One background task reads every frame and hands it to whoever waits for its `id`, so a `cancel()` (or any query) can
-be sent and answered while a reply streams. Errors arrive as typed exceptions (gateway.client_errors) carrying `code`.
+be sent and answered while a reply streams. Errors arrive as typed exceptions (gateway.client.errors) carrying `code`.
 This module talks only the protocol: it imports nothing of the server.
 """
 
@@ -25,49 +25,20 @@ from typing import Any
 
 import aiohttp
 
-from .client_errors import (
+from .errors import (
     AuthError,
-    CancelledError,
     ConflictError,
     ConnectionClosedError,
     GatewayClientError,
-    InvalidRequestError,
-    LimitError,
-    NotFoundError,
-    RateLimitError,
-    ServerError,
-    UpstreamError,
     error_from_frame,
 )
-from .client_stream import ChatStream
-from .client_types import TERMINAL, ChatEnd, Cost, Delta, Frame, Usage, normalize_url
+from .stream import ChatStream
+from .types import TERMINAL, Frame, normalize_url
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "ws://127.0.0.1:3271/gateway"
 _POLICY_VIOLATION = 1008
-
-__all__ = [
-    "DEFAULT_URL",
-    "AuthError",
-    "CancelledError",
-    "ChatEnd",
-    "ChatStream",
-    "ConflictError",
-    "ConnectionClosedError",
-    "Cost",
-    "Delta",
-    "GatewayClient",
-    "GatewayClientError",
-    "InvalidRequestError",
-    "LimitError",
-    "NotFoundError",
-    "RateLimitError",
-    "ServerError",
-    "UpstreamError",
-    "Usage",
-    "normalize_url",
-]
 
 
 class GatewayClient:
@@ -86,8 +57,14 @@ class GatewayClient:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, url: str = DEFAULT_URL, token: str | None = None, *, request_timeout: float = 60.0,
-                      connect_timeout: float = 10.0) -> AsyncIterator[GatewayClient]:
+    async def connect(
+        cls,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        *,
+        request_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+    ) -> AsyncIterator[GatewayClient]:
         """Open the WebSocket (the token goes as an `Authorization: Bearer` header) and close it on exit."""
         client = await cls.open(url, token, request_timeout=request_timeout, connect_timeout=connect_timeout)
         try:
@@ -96,8 +73,14 @@ class GatewayClient:
             await client.close()
 
     @classmethod
-    async def open(cls, url: str = DEFAULT_URL, token: str | None = None, *, request_timeout: float = 60.0,
-                   connect_timeout: float = 10.0) -> GatewayClient:
+    async def open(
+        cls,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        *,
+        request_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+    ) -> GatewayClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout))
         try:
@@ -105,14 +88,17 @@ class GatewayClient:
         except aiohttp.WSServerHandshakeError as exc:
             await http.close()
             if exc.status in (401, 403):
-                raise AuthError(f"the gateway refused the connection ({exc.status} {exc.message})",
-                                code="UNAUTHORIZED") from exc
-            raise ConnectionClosedError(f"WebSocket upgrade failed: {exc.status} {exc.message}",
-                                        code="CONNECTION_FAILED") from exc
+                raise AuthError(
+                    f"the gateway refused the connection ({exc.status} {exc.message})", code="UNAUTHORIZED"
+                ) from exc
+            raise ConnectionClosedError(
+                f"WebSocket upgrade failed: {exc.status} {exc.message}", code="CONNECTION_FAILED"
+            ) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             await http.close()
-            raise ConnectionClosedError(f"cannot reach the gateway at {url}: {exc or type(exc).__name__}",
-                                        code="CONNECTION_FAILED") from exc
+            raise ConnectionClosedError(
+                f"cannot reach the gateway at {url}: {exc or type(exc).__name__}", code="CONNECTION_FAILED"
+            ) from exc
         return cls(http, ws, request_timeout)
 
     async def close(self) -> None:
@@ -153,8 +139,9 @@ class GatewayClient:
         finally:
             code = self._ws.close_code
             if code == _POLICY_VIOLATION:
-                reason: GatewayClientError = AuthError("the gateway closed the connection: authentication required "
-                                                      "(pass token=...)", code="UNAUTHORIZED")
+                reason: GatewayClientError = AuthError(
+                    "the gateway closed the connection: authentication required (pass token=...)", code="UNAUTHORIZED"
+                )
             else:
                 reason = ConnectionClosedError(f"the gateway closed the connection (code {code})")
             self._closed = reason
@@ -209,10 +196,25 @@ class GatewayClient:
             raise error_from_frame(answer)
         return answer
 
-    def chat(self, content: str, session_id: str | None = None, agent_id: str | None = None, model: str | None = None,
-             max_tokens: int | None = None, idempotency_key: str | None = None) -> ChatStream:
-        frame = _fields(type="chat.send", id=self._next_id(), content=content, sessionId=session_id,
-                        agentId=agent_id, model=model, maxTokens=max_tokens, idempotencyKey=idempotency_key)
+    def chat(
+        self,
+        content: str,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> ChatStream:
+        frame = _fields(
+            type="chat.send",
+            id=self._next_id(),
+            content=content,
+            sessionId=session_id,
+            agentId=agent_id,
+            model=model,
+            maxTokens=max_tokens,
+            idempotencyKey=idempotency_key,
+        )
         return ChatStream(self, frame)
 
     async def cancel(self, session_id: str | None = None, send_id: str | None = None) -> Frame:
@@ -224,23 +226,41 @@ class GatewayClient:
             session_id, send_id = active.session_id, send_id or active.request_id
         return await self.request(_fields(type="chat.cancel", sessionId=session_id, sendId=send_id))
 
-    async def inspect(self, session_id: str, content: str | None = None, model: str | None = None,
-                      exact: bool = False) -> Frame:
-        return await self.request(_fields(type="context.inspect", sessionId=session_id, content=content,
-                                          model=model, exact=exact or None))
+    async def inspect(
+        self, session_id: str, content: str | None = None, model: str | None = None, exact: bool = False
+    ) -> Frame:
+        return await self.request(
+            _fields(type="context.inspect", sessionId=session_id, content=content, model=model, exact=exact or None)
+        )
 
-    async def usage(self, session_id: str | None = None, agent_id: str | None = None, model: str | None = None,
-                    since: str | None = None, until: str | None = None, group_by: str | None = None) -> Frame:
-        return await self.request(_fields(type="usage.query", sessionId=session_id, agentId=agent_id, model=model,
-                                          since=since, until=until, groupBy=group_by))
+    async def usage(
+        self,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        model: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        group_by: str | None = None,
+    ) -> Frame:
+        return await self.request(
+            _fields(
+                type="usage.query",
+                sessionId=session_id,
+                agentId=agent_id,
+                model=model,
+                since=since,
+                until=until,
+                groupBy=group_by,
+            )
+        )
 
-    async def sessions(self, agent_id: str | None = None, limit: int | None = None,
-                       cursor: str | None = None) -> Frame:
+    async def sessions(self, agent_id: str | None = None, limit: int | None = None, cursor: str | None = None) -> Frame:
         return await self.request(_fields(type="session.list", agentId=agent_id, limit=limit, cursor=cursor))
 
     async def history(self, session_id: str, limit: int | None = None, before_seq: int | None = None) -> Frame:
-        return await self.request(_fields(type="session.history", sessionId=session_id, limit=limit,
-                                          beforeSeq=before_seq))
+        return await self.request(
+            _fields(type="session.history", sessionId=session_id, limit=limit, beforeSeq=before_seq)
+        )
 
     async def delete_session(self, session_id: str) -> Frame:
         return await self.request({"type": "session.delete", "sessionId": session_id})

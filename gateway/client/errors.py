@@ -14,8 +14,14 @@ class GatewayClientError(Exception):
     code: str = "CLIENT_ERROR"
     retryable: bool = False
 
-    def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None,
-                 frame: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retryable: bool | None = None,
+        frame: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:

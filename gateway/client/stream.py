@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .client_errors import ConflictError, GatewayClientError, error_from_frame
-from .client_types import TERMINAL, ChatEnd, Delta, Frame
+from .errors import ConflictError, GatewayClientError, error_from_frame
+from .types import TERMINAL, ChatEnd, Delta, Frame
 
-if TYPE_CHECKING:
-    from .client import GatewayClient
+
+class StreamOwner(Protocol):
+    """What a stream needs of the client that made it (GatewayClient); a protocol, so this module never imports the
+    client's and the two stay free of a cycle."""
+
+    async def _send_stream(self, stream: ChatStream) -> None: ...
+
+    async def cancel(self, session_id: str | None = None, send_id: str | None = None) -> Frame: ...
 
 
 class ChatStream:
@@ -19,7 +25,7 @@ class ChatStream:
     exception from the iteration. A resent `idempotency_key` yields the stored reply's text once and sets `state`.
     """
 
-    def __init__(self, client: GatewayClient, frame: Frame) -> None:
+    def __init__(self, client: StreamOwner, frame: Frame) -> None:
         self._client = client
         self._frame = frame
         self.request_id: str = frame["id"]

@@ -112,9 +112,7 @@ def _markable(block: dict[str, Any]) -> bool:
     return not (block.get("type") == "text" and not block.get("text"))
 
 
-def _mark_prefix(
-    turns: list[dict[str, Any]], keys: list[tuple[Hashable, ...] | None], marker: dict[str, str]
-) -> None:
+def _mark_prefix(turns: list[dict[str, Any]], keys: list[tuple[Hashable, ...] | None], marker: dict[str, str]) -> None:
     """Cache breakpoint on the last block before the newest user turn: the stable history prefix."""
     for index in range(len(turns) - 2, -1, -1):
         blocks = turns[index]["content"]

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .accounting import nano_to_usd
-from .context import Assembled, Section
-from .models import TokenCalibration
-from .prices import PriceBook
+from gateway.billing.accounting import nano_to_usd
+from gateway.billing.prices import PriceBook
+from gateway.store.models import TokenCalibration
+
+from .assembly import Assembled, Section
 from .tokens import COUNTER_NAME, TokenCounter, utf8_len
 
 # The API wraps each request in a few tokens of its own (roles, separators); a small, honest fudge.

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from gateway.budget_config import Budget
+from gateway.billing.budget_config import Budget
 from gateway.errors import AgentNotFound, InvalidMessage
 from gateway.protocol import AGENT_ID_PATTERN, AGENT_ID_RULE
 from gateway.settings import DEFAULT_AGENT, DEFAULT_SYSTEM_PROMPT
-from gateway.workspace_files import (
+
+from .workspace_files import (
     MAX_AGENT_TOML_BYTES,
     MAX_MEMORY_BYTES,
     MAX_SKILL_DESCRIPTION_CHARS,
@@ -62,7 +63,7 @@ class Workspace:
     cache_mode: str  # "off" | "5m" | "1h"
     max_tokens: int | None
     problems: tuple[str, ...]
-    budget: Budget | None = None  # agent.toml [budget]; enforced by gateway/budgets.py
+    budget: Budget | None = None  # agent.toml [budget]; enforced by gateway/billing/budgets.py
 
 
 def validate_agent_id(agent_id: str) -> str:

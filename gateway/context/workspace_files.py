@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.budget_config import Budget, budget_of_unreadable, parse_budget
+from gateway.billing.budget_config import Budget, budget_of_unreadable, parse_budget
 
 MAX_SYSTEM_BYTES = 64 * 1024
 MAX_MEMORY_BYTES = 64 * 1024

@@ -11,10 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
-from . import errors, queries
-from .protocol import Request, dump, error_frame, parse_frame
-from .services import Services
-from .turn import Turn
+from gateway import errors
+from gateway.chat.services import Services
+from gateway.chat.turn import Turn
+from gateway.protocol import Request, dump, error_frame, parse_frame
+
+from . import queries
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from . import errors
+from gateway import errors
+from gateway.chat.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.chat.metrics import Metrics
+from gateway.chat.services import Services
+from gateway.protocol import error_frame
+
 from .connection import Connection, token_ok
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import Metrics
-from .protocol import error_frame
-from .services import Services
 
 log = logging.getLogger(__name__)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import errors
-from .context import assemble
-from .inspection import calibration_ratio, inspection_body, measure
-from .models import ChatSession, Message, utcnow
-from .protocol import Request, parse_time
-from .reports import usage_report
-from .services import Services
-from .store import UsageFilters
-from .turn_frames import session_key
+from gateway import errors
+from gateway.billing.reports import usage_report
+from gateway.chat.services import Services
+from gateway.chat.turn_frames import session_key
+from gateway.context.assembly import assemble
+from gateway.context.inspection import calibration_ratio, inspection_body, measure
+from gateway.protocol import Request, parse_time
+from gateway.store import UsageFilters
+from gateway.store.models import ChatSession, Message, utcnow
 
 
 def session_fields(session: ChatSession) -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""All SQL lives here. Callers get plain results; no one else opens a DB session."""
+"""All SQL lives here: the ORM models (`models`), engine and migration set-up (`db`), and the stores that run every
+statement (chats, history, usage, calibration, snapshots, copy). Callers get plain results; no one else opens a DB
+session.
+
+It may import only the shared bottom (`gateway.errors`, `gateway.settings`) and SQLAlchemy; every other package may
+import it.
+"""
 
 from .base import Database
 from .chats import ChatStore, HistoryPage, SessionPage, TurnRows

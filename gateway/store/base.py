@@ -18,8 +18,9 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 
-from ..db import is_connectivity_error
-from ..errors import DatabaseUnavailable
+from gateway.errors import DatabaseUnavailable
+
+from .db import is_connectivity_error
 from .sqlite_threads import SqliteThreads
 
 T = TypeVar("T")

@@ -9,8 +9,8 @@ from typing import cast
 
 from sqlalchemy import Table, select
 
-from ..models import TokenCalibration, utcnow
 from .base import Database
+from .models import TokenCalibration, utcnow
 
 # How long this process trusts its copy before reading the table again.
 CALIBRATION_COPY_S = 5.0

@@ -8,7 +8,7 @@ from typing import cast
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
 
-from ..models import ChatSession, Message
+from .models import ChatSession, Message
 
 SESSIONS = cast(Table, ChatSession.__table__)
 MESSAGES = cast(Table, Message.__table__)

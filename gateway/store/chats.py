@@ -12,16 +12,18 @@ from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import DuplicateRequest, InvalidMessage, SessionNotFound
-from ..models import ChatSession, Message, TokenCalibration, UsageRecord, utcnow
+from gateway.errors import DuplicateRequest, InvalidMessage, SessionNotFound
+
 from . import chat_sql as sql
 from .base import Database
 from .calibration import Calibrations
 from .history import HistoryItem, HistoryLoader, HistoryRead
+from .models import ChatSession, Message, TokenCalibration, UsageRecord, utcnow
 from .snapshots import Snapshot, Snapshots, StaleSnapshot
 from .upserts import add_calibration, insert_usage_once
 
 TITLE_CHARS = 80
+
 
 @dataclass(frozen=True, slots=True)
 class TurnRows:

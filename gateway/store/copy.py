@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..models import Base, ChatSession, Message, TokenCalibration, UsageDaily, UsageRecord
+from .models import Base, ChatSession, Message, TokenCalibration, UsageDaily, UsageRecord
 
 # Parents before children (messages reference sessions).
 TABLES: tuple[Table, ...] = tuple(

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import String, Text, bindparam, cast, select
 from sqlalchemy.engine import Connection
 
-from ..db import json_loads
-from ..models import Message
 from .base import Database
+from .db import json_loads
+from .models import Message
 
 # Bounded by the JSON text's characters (the decoded objects take a few times more memory); a full cache only
 # means more reads, never a wrong answer.

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..models import ChatSession
 from .history import HistoryItem
+from .models import ChatSession
 
 # Bounded by the characters of text held (the history loader's cache has the same bound; contents read from the
 # database are the same objects in both). A full table only means more reads, never a wrong answer.

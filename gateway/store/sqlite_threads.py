@@ -19,7 +19,7 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection
 
-from ..db import json_loads, sqlite_pragmas
+from .db import json_loads, sqlite_pragmas
 
 T = TypeVar("T")
 

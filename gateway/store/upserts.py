@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from ..models import TokenCalibration, UsageRecord, utcnow
+from .models import TokenCalibration, UsageRecord, utcnow
 
 _U = cast(Table, UsageRecord.__table__)
 _C = cast(Table, TokenCalibration.__table__)

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import Date, and_, case, cast, func, or_, select, union_all
 from sqlalchemy.sql import ColumnElement
 
-from ..models import UsageDaily, UsageRecord
 from .base import Database
+from .models import UsageDaily, UsageRecord
 from .upserts import insert_usage_once
 
 U = UsageRecord

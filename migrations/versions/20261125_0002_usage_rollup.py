@@ -63,8 +63,7 @@ def _add_row(r: str) -> str:
     table = "" if _sqlite() else "usage_daily."
     updates = ", ".join(f"{c} = {table}{c} + excluded.{c}" for c in ROW_VALUES)
     return (
-        f"INSERT INTO usage_daily ({columns}) VALUES ({values}) "
-        f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {updates}"
+        f"INSERT INTO usage_daily ({columns}) VALUES ({values}) ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {updates}"
     )
 
 
