@@ -28,7 +28,7 @@ LAYERS = {
     "gateway.errors": 0,
     "gateway.protocol": 0,
 }
-MAX_LINES = 320
+MAX_LINES = 300
 
 
 def module_name(path: Path) -> str:

@@ -4,9 +4,7 @@ release. Whatever happens, the client gets exactly one terminal frame: `chat.str
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,15 +16,15 @@ from gateway.context.inspection import calibrated, calibration_ratio, estimate_i
 from gateway.protocol import Request, RequestId
 from gateway.store import HistoryItem, TurnRows
 from gateway.store.chats import new_id
-from gateway.store.models import ChatSession, Message, utcnow
+from gateway.store.models import ChatSession, Message
 from gateway.store.snapshots import StaleSnapshot
 
 from .checkpoints import Checkpointer
 from .locks import SessionLease
+from .relay import Relay, SendRaw
 from .services import Services
-from .turn_end import Ending, record_failed_attempt, settle
+from .turn_end import Ending, settle
 from .turn_frames import duplicate_frame, error_with, session_key
-from .upstream import Reply, map_error, retry_after_s
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +32,6 @@ log = logging.getLogger(__name__)
 _CANCEL_STATUS = {"cancelled": "cancelled", "client_gone": "disconnected", "shutdown": "interrupted"}
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-SendRaw = Callable[[str], Awaitable[None]]
 
 
 class Turn:
@@ -213,71 +210,20 @@ class Turn:
         """From here on the reply row exists, so every way out goes through `settle`, which sets its status."""
         s = self.s
         message: Message = rows.assistant_message
-        prefix_ids = f'"id":{json.dumps(self.rid)},"sessionId":"{rows.session.id}","messageId":"{message.id}"'
-        delta_prefix = '{"type":"chat.stream.delta",' + prefix_ids + ',"delta":'
-        thinking_prefix = '{"type":"chat.stream.thinking",' + prefix_ids + ',"delta":'
         started = time.monotonic()
-        reply = Reply()
+        relay = Relay(s, self.obs, rows, assembled, self.rid, self.send_raw, started)
         failure: errors.GatewayError | None = None
         status = "complete"
-        attempt = 0
-        first_token_ms: int | None = None
-        relayed = False
 
         async def save_partial() -> None:
-            await s.store.chats.checkpoint(message.id, reply.content(complete=False), reply.text)
+            await s.store.chats.checkpoint(message.id, relay.reply.content(complete=False), relay.reply.text)
 
         checkpointer = Checkpointer(save_partial, s.settings.checkpoint_interval_s)
         try:
             async with asyncio.timeout(s.settings.upstream_total_timeout_s):
                 await self._announce(rows, assembled.model)
                 checkpointer.start()
-                while True:
-                    reply = Reply()
-                    attempt_started = utcnow()
-                    try:
-                        # `async with` closes the upstream response the moment we stop reading, cancel included,
-                        # so Anthropic stops generating (and billing) at once.
-                        self.obs.upstream_request()
-                        async with await s.upstream.stream(assembled.params) as stream:
-                            self.obs.upstream_headers()
-                            async for event in stream:
-                                received = time.perf_counter()
-                                out = reply.feed(event)
-                                if out is None:
-                                    continue
-                                if first_token_ms is None:
-                                    first_token_ms = int((time.monotonic() - started) * 1000)
-                                relayed = True
-                                kind, chunk = out
-                                prefix = delta_prefix if kind == "text" else thinking_prefix
-                                # Awaited: a slow reader slows its own stream (and its upstream read), nothing else.
-                                await self.send_raw(prefix + json.dumps(chunk, ensure_ascii=False) + "}")
-                                self.obs.relayed(received)
-                                checkpointer.touch()
-                        if not reply.finished:
-                            raise errors.UpstreamError("the upstream stream ended before message_stop")
-                        break
-                    except Exception as exc:
-                        mapped = map_error(exc)
-                        wait = retry_after_s(exc)
-                        if wait is not None:
-                            mapped.details.setdefault("retryAfter", wait)
-                        if (
-                            relayed
-                            or not mapped.retryable
-                            or attempt >= s.settings.upstream_max_retries
-                            # Waiting longer than we are willing to would hold the client hostage: fail fast and let
-                            # it decide, with `retryAfter` in the frame.
-                            or (wait is not None and wait > s.settings.upstream_retry_max_s)
-                        ):
-                            raise mapped from exc
-                        # Forget the failed attempt before recording it: if we are cancelled while saving it or
-                        # during the backoff, settle() must not record the same upstream request a second time.
-                        failed, reply = reply, Reply()
-                        await record_failed_attempt(s, rows, failed, assembled, attempt_started, started)
-                        attempt += 1
-                        await asyncio.sleep(self._backoff(attempt, wait))
+                await relay.run(checkpointer.touch)
         except asyncio.CancelledError:
             status = _CANCEL_STATUS.get(self.cancel_reason or "cancelled", "cancelled")
             _uncancel()
@@ -286,15 +232,8 @@ class Turn:
         except TimeoutError:
             failure, status = errors.UpstreamTimeout("the turn took longer than the total upstream timeout"), "failed"
         await checkpointer.stop()
-        ending = Ending(status, failure, started, first_token_ms)
-        await self._end(await settle(s, self.obs, self.rid, rows, reply, assembled, estimate, ending))
-
-    def _backoff(self, attempt: int, server_wait: float | None) -> float:
-        cfg = self.s.settings
-        if server_wait is not None:
-            return server_wait  # the server said when; at most upstream_retry_max_s (checked by the caller)
-        backoff: float = cfg.upstream_retry_base_s * 2 ** (attempt - 1)
-        return min(cfg.upstream_retry_max_s, backoff) * random.uniform(0.5, 1)
+        ending = Ending(status, failure, started, relay.first_token_ms)
+        await self._end(await settle(s, self.obs, self.rid, rows, relay.reply, assembled, estimate, ending))
 
 
 def _uncancel() -> None:

@@ -56,7 +56,7 @@ async def session_list(s: Services, req: Request) -> dict[str, Any]:
     agent_id = req.get("agentId")
     if agent_id is not None:
         s.workspaces.load(agent_id)  # a bad or unknown agent id gets its own clear error
-    page = await s.store.chats.list_sessions(agent_id, limit, req.get("cursor"))
+    page = await s.store.sessions.list_sessions(agent_id, limit, req.get("cursor"))
     return {
         "type": "session.list.result",
         "sessions": [session_fields(row) for row in page.sessions],
@@ -67,7 +67,7 @@ async def session_list(s: Services, req: Request) -> dict[str, Any]:
 
 async def session_history(s: Services, req: Request) -> dict[str, Any]:
     session = await _session(s, req.get("sessionId"))
-    page = await s.store.chats.history(session.id, req.get("limit"), req.get("beforeSeq"))
+    page = await s.store.sessions.history(session.id, req.get("limit"), req.get("beforeSeq"))
     return {
         "type": "session.history.result",
         **session_fields(session),

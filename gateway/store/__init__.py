@@ -7,8 +7,9 @@ import it.
 """
 
 from .base import Database
-from .chats import ChatStore, HistoryPage, SessionPage, TurnRows
+from .chats import ChatStore, TurnRows
 from .history import HistoryItem
+from .sessions import HistoryPage, SessionPage, SessionStore
 from .usage import UsageFilters, UsageStore, UsageTotals
 
 
@@ -16,6 +17,7 @@ class Store:
     def __init__(self, database: Database) -> None:
         self.database = database
         self.chats = ChatStore(database)
+        self.sessions = SessionStore(database)
         self.usage = UsageStore(database)
 
 
@@ -25,6 +27,7 @@ __all__ = [
     "HistoryItem",
     "HistoryPage",
     "SessionPage",
+    "SessionStore",
     "Store",
     "TurnRows",
     "UsageFilters",

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from gateway.errors import DuplicateRequest, InvalidMessage, SessionNotFound
+from gateway.errors import DuplicateRequest, SessionNotFound
 
 from . import chat_sql as sql
 from .base import Database
@@ -33,18 +32,6 @@ class TurnRows:
     session_created: bool
 
 
-@dataclass(frozen=True, slots=True)
-class SessionPage:
-    sessions: list[ChatSession]
-    next_cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPage:
-    messages: list[Message]
-    has_more: bool
-
-
 def _version(stamp: datetime) -> str:
     # Not the database's own rendering of updated_at: a message known from a snapshot and the same message read
     # back are measured (and cached) under different keys, never a stale one under a current key.
@@ -58,20 +45,6 @@ def new_id() -> str:
 def make_title(content: str) -> str:
     line = " ".join(content.split())
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
-
-
-def _encode_cursor(session: ChatSession) -> str:
-    raw = f"{session.updated_at.isoformat()}|{session.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        stamp, session_id = base64.urlsafe_b64decode(padded).decode().split("|", 1)
-        return datetime.fromisoformat(stamp), session_id
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidMessage("field 'cursor' is not a cursor this gateway gave out", field="cursor") from None
 
 
 class ChatStore:
@@ -259,32 +232,6 @@ class ChatStore:
         self._snapshots.finished(HistoryItem(message_id, "assistant", content, _version(now), status))
         if counted and calibration is not None:
             self._calibrations.added(*calibration)
-
-    async def list_sessions(self, agent_id: str | None, limit: int, cursor: str | None) -> SessionPage:
-        query = select(ChatSession).order_by(ChatSession.updated_at.desc(), ChatSession.id.desc()).limit(limit + 1)
-        if agent_id is not None:
-            query = query.where(ChatSession.agent_id == agent_id)
-        if cursor is not None:
-            stamp, last_id = _decode_cursor(cursor)
-            query = query.where(tuple_(ChatSession.updated_at, ChatSession.id) < tuple_(stamp, last_id))
-        async with self._db.read() as db:
-            rows = list(await db.scalars(query))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return SessionPage(rows, _encode_cursor(rows[-1]) if more and rows else None)
-
-    async def history(self, session_id: str, limit: int | None, before_seq: int | None) -> HistoryPage:
-        """Messages in order; with a limit, the newest `limit` before `before_seq`, still oldest first."""
-        query = select(Message).where(Message.session_id == session_id)
-        if before_seq is not None:
-            query = query.where(Message.seq < before_seq)
-        if limit is None:
-            async with self._db.read() as db:
-                return HistoryPage(list(await db.scalars(query.order_by(Message.seq))), False)
-        async with self._db.read() as db:
-            rows = list(await db.scalars(query.order_by(Message.seq.desc()).limit(limit + 1)))
-        more = len(rows) > limit
-        return HistoryPage(list(reversed(rows[:limit])), more)
 
     async def delete_session(self, session_id: str) -> bool:
         self._snapshots.drop(session_id)

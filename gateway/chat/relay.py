@@ -1,0 +1,110 @@
+"""One model request of a turn, relayed to the client as it streams: retried (with backoff, honouring `retry-after`)
+while nothing has been relayed yet, never after; each failed attempt is recorded before the next one starts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from gateway import errors
+from gateway.context.assembly import Assembled
+from gateway.protocol import RequestId
+from gateway.store import TurnRows
+from gateway.store.models import utcnow
+
+from .metrics import TurnObserver
+from .services import Services
+from .turn_end import record_failed_attempt
+from .upstream import Reply, map_error, retry_after_s
+
+SendRaw = Callable[[str], Awaitable[None]]
+
+
+class Relay:
+    """The request's reply so far (`reply`), when its first token came, and whether anything reached the client:
+    what the turn saves and accounts for however the request ends."""
+
+    def __init__(
+        self,
+        services: Services,
+        obs: TurnObserver,
+        rows: TurnRows,
+        assembled: Assembled,
+        request_id: RequestId,
+        send_raw: SendRaw,
+        started: float,
+    ) -> None:
+        self.s = services
+        self.obs = obs
+        self.rows = rows
+        self.assembled = assembled
+        self.send_raw = send_raw
+        self.started = started
+        self.reply = Reply()
+        self.first_token_ms: int | None = None
+        self.relayed = False
+        ids = f'"id":{json.dumps(request_id)},"sessionId":"{rows.session.id}","messageId":"{rows.assistant_message.id}"'
+        self._delta_prefix = '{"type":"chat.stream.delta",' + ids + ',"delta":'
+        self._thinking_prefix = '{"type":"chat.stream.thinking",' + ids + ',"delta":'
+
+    async def run(self, touch: Callable[[], None]) -> None:
+        """Stream the request to its `message_stop`, calling `touch` after each relayed delta (the checkpoint clock).
+        Raises the mapped GatewayError when it fails for good."""
+        s = self.s
+        attempt = 0
+        while True:
+            self.reply = Reply()
+            attempt_started = utcnow()
+            try:
+                # `async with` closes the upstream response the moment we stop reading, cancel included, so
+                # Anthropic stops generating (and billing) at once.
+                self.obs.upstream_request()
+                async with await s.upstream.stream(self.assembled.params) as stream:
+                    self.obs.upstream_headers()
+                    async for event in stream:
+                        received = time.perf_counter()
+                        out = self.reply.feed(event)
+                        if out is None:
+                            continue
+                        if self.first_token_ms is None:
+                            self.first_token_ms = int((time.monotonic() - self.started) * 1000)
+                        self.relayed = True
+                        kind, chunk = out
+                        prefix = self._delta_prefix if kind == "text" else self._thinking_prefix
+                        # Awaited: a slow reader slows its own stream (and its upstream read), nothing else.
+                        await self.send_raw(prefix + json.dumps(chunk, ensure_ascii=False) + "}")
+                        self.obs.relayed(received)
+                        touch()
+                if not self.reply.finished:
+                    raise errors.UpstreamError("the upstream stream ended before message_stop")
+                return
+            except Exception as exc:
+                mapped = map_error(exc)
+                wait = retry_after_s(exc)
+                if wait is not None:
+                    mapped.details.setdefault("retryAfter", wait)
+                if (
+                    self.relayed
+                    or not mapped.retryable
+                    or attempt >= s.settings.upstream_max_retries
+                    # Waiting longer than we are willing to would hold the client hostage: fail fast and let it
+                    # decide, with `retryAfter` in the frame.
+                    or (wait is not None and wait > s.settings.upstream_retry_max_s)
+                ):
+                    raise mapped from exc
+                # Forget the failed attempt before recording it: if we are cancelled while saving it or during the
+                # backoff, settle() must not record the same upstream request a second time.
+                failed, self.reply = self.reply, Reply()
+                await record_failed_attempt(s, self.rows, failed, self.assembled, attempt_started, self.started)
+                attempt += 1
+                await asyncio.sleep(self._backoff(attempt, wait))
+
+    def _backoff(self, attempt: int, server_wait: float | None) -> float:
+        cfg = self.s.settings
+        if server_wait is not None:
+            return server_wait  # the server said when; at most upstream_retry_max_s (checked by the caller)
+        backoff: float = cfg.upstream_retry_base_s * 2 ** (attempt - 1)
+        return min(cfg.upstream_retry_max_s, backoff) * random.uniform(0.5, 1)
