@@ -27,6 +27,7 @@ LAYERS = {
     "gateway.settings": 0,
     "gateway.errors": 0,
     "gateway.protocol": 0,
+    "gateway.confine": 0,
 }
 MAX_LINES = 300
 

@@ -272,4 +272,4 @@ def test_unreadable_entry_is_a_problem(agents: Path, loader: WorkspaceLoader) ->
     (agents / "writer" / "SYSTEM.md").mkdir(parents=True)  # a folder where a file belongs
     ws = loader.load("writer")
     assert ws.system_prompt == DEFAULT_SYSTEM_PROMPT
-    assert ws.problems and ws.problems[0].startswith("SYSTEM.md: cannot read")
+    assert ws.problems and ws.problems[0].startswith("SYSTEM.md: refused: is a directory")

@@ -14,7 +14,10 @@ from typing import Any
 
 PERIODS = {"daily_usd": "day", "monthly_usd": "month"}
 NANO_PER_USD = 1_000_000_000
-_BUDGET_TABLE = re.compile(r"^\s*\[\s*budget\s*\]", re.MULTILINE)
+# [ \t], not \s: \s also matches newlines, and a file of 64 KiB of blank lines then took seconds (quadratic).
+_BUDGET_TABLE = re.compile(r"^[ \t]*\[[ \t]*budget[ \t]*\]", re.MULTILINE)
+# A cap beyond this is a typo, and beyond 1e308 it would not even fit the float a report shows it as.
+MAX_CAP_USD = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,9 @@ def parse_budget(raw: Any) -> Budget | None:
         value = raw[key]
         nano = _usd_to_nano(value)
         if nano is None:
-            return Budget(problem=f"[budget]: {key} must be a number of US dollars >= 0, got {value!r}")
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            rule = f"must be a number of US dollars from 0 to {MAX_CAP_USD}"
+            return Budget(problem=f"[budget]: {key} {rule}, got {shown}")
         caps.append((period, nano))
     return Budget(tuple(caps)) if caps else None
 
@@ -60,6 +65,6 @@ def _usd_to_nano(value: Any) -> int | None:
         nano = Decimal(str(value)) * NANO_PER_USD
     except InvalidOperation:
         return None
-    if not nano.is_finite() or nano < 0:
+    if not nano.is_finite() or nano < 0 or nano > MAX_CAP_USD * NANO_PER_USD:
         return None
     return int(nano)  # below a nano-dollar rounds down: the cap is never raised by rounding

@@ -6,8 +6,8 @@ A broken file never raises: it degrades to defaults and leaves a human-readable 
 
 from __future__ import annotations
 
+import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from gateway.billing.budget_config import Budget
+from gateway.confine import Confined, UnsafePath
 from gateway.errors import AgentNotFound, InvalidMessage
 from gateway.protocol import AGENT_ID_PATTERN, AGENT_ID_RULE
 from gateway.settings import DEFAULT_AGENT, DEFAULT_SYSTEM_PROMPT
@@ -34,6 +35,8 @@ from .workspace_files import (
     parse_text,
     parse_tools,
 )
+
+log = logging.getLogger(__name__)
 
 # On filesystems with coarse timestamps a same-size rewrite in the same tick as our read keeps the
 # same (mtime, size); files changed this recently are re-read every time (git's "racily clean" rule).
@@ -77,7 +80,8 @@ def validate_agent_id(agent_id: str) -> str:
 
 
 class _FileCache(Generic[T]):
-    """Parsed files keyed by path, trusted while (mtime_ns, size, inode) is unchanged."""
+    """Parsed files keyed by path, trusted while (mtime_ns, size, inode) is unchanged. Every file is read through
+    `gateway.confine`: it must resolve inside its agent's folder and be a regular file."""
 
     def __init__(self, parse: Callable[[bytes, bool], T], limit: int) -> None:
         self._parse = parse
@@ -85,24 +89,21 @@ class _FileCache(Generic[T]):
         self._entries: dict[Path, tuple[tuple[int, int, int], T]] = {}
         self.reads = 0
 
-    def get(self, path: Path) -> T | None:
-        """None if the file does not exist; OSError if it exists but cannot be read."""
-        try:
-            st = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
+    def get(self, folder: Confined, relative: str) -> T | None:
+        """None if the file does not exist; OSError (UnsafePath among them) if it exists but must not be read."""
+        path = folder.base / relative
+        st = folder.stat(relative)
+        if st is None:
             self._entries.pop(path, None)
             return None
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError("not a regular file")
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
         cached = self._entries.get(path)
         if cached is not None and cached[0] == key and time.time_ns() - st.st_mtime_ns > _RACY_WINDOW_NS:
             return cached[1]
         # Stat before reading: if the file changes during the read, the next stat differs and we read again.
-        with path.open("rb") as f:
-            data = f.read(self._limit + 1)
+        data, cut = folder.read(relative, self._limit)
         self.reads += 1
-        value = self._parse(data[: self._limit], len(data) > self._limit)
+        value = self._parse(data, cut)
         self._entries[path] = (key, value)
         return value
 
@@ -148,13 +149,17 @@ class WorkspaceLoader:
     def load(self, agent_id: str) -> Workspace:
         if not self.exists(agent_id):
             raise AgentNotFound(f"agent {agent_id!r} not found", agentId=agent_id)
-        root = self.agents_dir / agent_id
         problems: list[str] = []
-        system = self._get(self._system, root / "SYSTEM.md", problems)
-        memory = self._get(self._memory, root / "MEMORY.md", problems)
-        tools = self._get(self._tools, root / "tools.json", problems) or ToolsFile()
-        config = self._get(self._config, root / "agent.toml", problems) or AgentConfig()
-        skills, skills_truncated = self._load_skills(root / "skills", problems)
+        root: Confined | None = None
+        try:
+            root = Confined(self.agents_dir / agent_id)
+        except UnsafePath as exc:  # the folder itself resolves into /proc, /sys or /dev: read nothing from it
+            problems.append(f"agents/{agent_id}: refused: {exc}; using the defaults")
+        system = self._get(self._system, root, "SYSTEM.md", problems)
+        memory = self._get(self._memory, root, "MEMORY.md", problems)
+        tools = self._get(self._tools, root, "tools.json", problems) or ToolsFile()
+        config = self._get(self._config, root, "agent.toml", problems) or AgentConfig()
+        skills, skills_truncated = self._load_skills(root, problems)
         for name, text, limit in (("SYSTEM.md", system, MAX_SYSTEM_BYTES), ("MEMORY.md", memory, MAX_MEMORY_BYTES)):
             if text is not None and text.truncated:
                 problems.append(f"{name}: longer than {limit} bytes; truncated")
@@ -180,27 +185,37 @@ class WorkspaceLoader:
         )
 
     @staticmethod
-    def _get(cache: _FileCache[T], path: Path, problems: list[str], label: str = "") -> T | None:
-        try:
-            return cache.get(path)
-        except OSError as exc:
-            problems.append(f"{label or path.name}: cannot read ({exc.strerror or exc}); ignored")
+    def _get(cache: _FileCache[T], root: Confined | None, relative: str, problems: list[str]) -> T | None:
+        if root is None:
             return None
-
-    def _load_skills(self, skills_dir: Path, problems: list[str]) -> tuple[tuple[Skill, ...], bool]:
         try:
-            with os.scandir(skills_dir) as entries:
-                folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+            return cache.get(root, relative)
+        except UnsafePath as exc:
+            problems.append(f"{relative}: refused: {exc}; ignored")
+        except OSError as exc:
+            problems.append(f"{relative}: cannot read ({exc.strerror or exc}); ignored")
+        except Exception as exc:
+            # Each parser turns bad input into problems; this is the net under a parser bug, so that one agent's
+            # odd file never fails a send or a report.
+            log.exception("parsing %s of agent %s failed", relative, root.root.name)
+            problems.append(f"{relative}: could not be parsed ({type(exc).__name__}); ignored")
+        return None
+
+    def _load_skills(self, root: Confined | None, problems: list[str]) -> tuple[tuple[Skill, ...], bool]:
+        if root is None:
+            return (), False
+        try:
+            names = root.listdir("skills")
         except (FileNotFoundError, NotADirectoryError):
             return (), False
         except OSError as exc:
-            problems.append(f"skills: cannot list ({exc.strerror or exc}); ignored")
+            problems.append(f"skills: cannot list ({exc}); ignored")
             return (), False
         skills: dict[str, Skill] = {}
         truncated = False
-        for folder in folders:
+        for folder in sorted(n for n in names if not n.startswith(".")):
             label = f"skills/{folder}/SKILL.md"
-            parsed = self._get(self._skills, skills_dir / folder / "SKILL.md", problems, label)
+            parsed = self._get(self._skills, root, label, problems)
             if parsed is None:
                 continue  # a folder without SKILL.md is not a skill (it may hold the skill's scratch files)
             if len(skills) == MAX_SKILLS:

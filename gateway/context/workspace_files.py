@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ MAX_TOOLS = 128
 MAX_AGENT_TOML_BYTES = 64 * 1024
 CACHE_MODES = ("off", "5m", "1h")
 DEFAULT_CACHE_MODE = "5m"
+# Hostile or broken files must become problems, not exceptions or slow requests: nesting deeper than this, numbers
+# longer than this (Python refuses integers over 4,300 digits with a ValueError) and more problems than this per file.
+MAX_NESTING = 64
+MAX_NUMBER_CHARS = 64
+MAX_PROBLEMS_PER_FILE = 20
+MAX_MODEL_CHARS = 128
+MAX_TOKENS_CAP = 1_000_000  # the protocol's own bound on maxTokens
 
 # Anthropic rejects the whole request over one bad tool, so bad tools are dropped here instead.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -88,23 +96,24 @@ def parse_front_matter(text: str) -> dict[str, str]:
     lines = text.removeprefix("\ufeff").splitlines()
     if not lines or lines[0].strip() != "---":
         return {}
-    raw: dict[str, str] = {}
+    # Pieces are joined at the end: extending a string per continuation line is quadratic in the file's size.
+    raw: dict[str, list[str]] = {}
     key: str | None = None
     for line in lines[1:]:
         stripped = line.strip()
         if stripped in ("---", "..."):
-            return {k: _unquote(v) for k, v in raw.items()}
+            return {k: _unquote(" ".join(p for p in v if p)) for k, v in raw.items()}
         if not stripped or stripped.startswith("#"):
             continue
         if line[0] in " \t" and key is not None:
             # Indented lines continue the previous value (a folded YAML scalar); the index wants one line.
-            raw[key] = f"{raw[key]} {stripped}".strip()
+            raw[key].append(stripped)
             continue
         name, sep, value = line.partition(":")
         key = name.strip() if sep else None
         if key is not None:
             value = value.strip()
-            raw[key] = "" if value in ("|", ">", "|-", ">-", "|+", ">+") else value
+            raw[key] = ["" if value in ("|", ">", "|-", ">-", "|+", ">+") else value]
     return {}
 
 
@@ -132,14 +141,56 @@ def _tool_problem(item: object, seen: set[str]) -> str | None:
     return None
 
 
+def _json_number(text: str) -> int | float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number longer than {MAX_NUMBER_CHARS} characters")
+    value = float(text) if any(c in text for c in ".eE") else int(text)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("a number too large to represent")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether lists and tables nest more than `limit` levels (iterative: a deep value cannot exhaust the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _capped(problems: list[str], label: str) -> tuple[str, ...]:
+    if len(problems) <= MAX_PROBLEMS_PER_FILE:
+        return tuple(problems)
+    more = len(problems) - MAX_PROBLEMS_PER_FILE
+    return (*problems[:MAX_PROBLEMS_PER_FILE], f"{label}: {more} more problem(s) not listed")
+
+
 def parse_tools(data: bytes, cut: bool) -> ToolsFile:
     if cut:
         # Half a JSON document cannot be parsed, so an oversized file yields no tools at all.
         return ToolsFile((), True, (f"tools.json: larger than {MAX_TOOLS_BYTES} bytes; no tools loaded",))
     try:
-        raw = json.loads(_decode(data, False))
+        raw = json.loads(
+            _decode(data, False), parse_int=_json_number, parse_float=_json_number, parse_constant=_no_constant
+        )
     except json.JSONDecodeError as exc:
         return ToolsFile(problems=(f"tools.json: line {exc.lineno}: {exc.msg} (column {exc.colno})",))
+    except RecursionError:
+        return ToolsFile(problems=(f"tools.json: nested deeper than {MAX_NESTING} levels; no tools loaded",))
+    except ValueError as exc:
+        return ToolsFile(problems=(f"tools.json: {exc}; no tools loaded",))
+    if too_deep(raw):
+        return ToolsFile(problems=(f"tools.json: nested deeper than {MAX_NESTING} levels; no tools loaded",))
     if not isinstance(raw, list):
         return ToolsFile(problems=("tools.json: expected a JSON list of tool definitions",))
     tools: list[dict[str, Any]] = []
@@ -155,7 +206,7 @@ def parse_tools(data: bytes, cut: bool) -> ToolsFile:
     truncated = len(tools) > MAX_TOOLS
     if truncated:
         problems.append(f"tools.json: {len(tools)} tools; only the first {MAX_TOOLS} are used")
-    return ToolsFile(tuple(tools[:MAX_TOOLS]), truncated, tuple(problems))
+    return ToolsFile(tuple(tools[:MAX_TOOLS]), truncated, _capped(problems, "tools.json"))
 
 
 def parse_agent_toml(data: bytes, cut: bool) -> AgentConfig:
@@ -167,21 +218,47 @@ def parse_agent_toml(data: bytes, cut: bool) -> AgentConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         return AgentConfig(problems=(f"agent.toml: {exc}; ignored",), budget=budget_of_unreadable(text))
-    problems = [f"agent.toml: unknown key {key!r} ignored" for key in raw if key not in _AGENT_TOML_KEYS]
+    except RecursionError:
+        raw = None
+    except ValueError:  # an integer beyond Python's 4,300-digit conversion limit
+        return AgentConfig(problems=("agent.toml: a number is too long; ignored",), budget=budget_of_unreadable(text))
+    if raw is None or too_deep(raw):
+        problem = f"agent.toml: nested deeper than {MAX_NESTING} levels; ignored"
+        return AgentConfig(problems=(problem,), budget=budget_of_unreadable(text))
+    problems = [f"agent.toml: unknown key {_shown(key)} ignored" for key in raw if key not in _AGENT_TOML_KEYS]
     model = raw.get("model")
-    if model is not None and (not isinstance(model, str) or not model.strip()):
-        problems.append("agent.toml: model must be a non-empty string; using the gateway default")
+    if model is not None and not _model_name_ok(model):
+        problems.append(
+            f"agent.toml: model must be a name of 1-{MAX_MODEL_CHARS} characters without spaces or control"
+            " characters; using the gateway default"
+        )
         model = None
     cache = raw.get("cache", DEFAULT_CACHE_MODE)
-    if cache not in CACHE_MODES:
+    if not isinstance(cache, str) or cache not in CACHE_MODES:
         problems.append(f'agent.toml: cache must be "off", "5m" or "1h"; using "{DEFAULT_CACHE_MODE}"')
         cache = DEFAULT_CACHE_MODE
     max_tokens = raw.get("max_tokens")
     # bool is an int subclass; `max_tokens = true` is a mistake, not 1.
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
-        problems.append("agent.toml: max_tokens must be a positive integer; using the gateway default")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS_CAP
+    ):
+        problems.append(
+            f"agent.toml: max_tokens must be an integer from 1 to {MAX_TOKENS_CAP}; using the gateway default"
+        )
         max_tokens = None
     budget = parse_budget(raw.get("budget"))
     if budget is not None and budget.problem:
         problems.append(f"agent.toml: {budget.problem}; this agent's sends are refused until it is fixed")
-    return AgentConfig(model.strip() if model else None, cache, max_tokens, tuple(problems), budget)
+    return AgentConfig(model.strip() if model else None, cache, max_tokens, _capped(problems, "agent.toml"), budget)
+
+
+def _model_name_ok(model: object) -> bool:
+    # It is sent upstream, stored and logged: a name, not free text.
+    if not isinstance(model, str):
+        return False
+    name = model.strip()
+    return 0 < len(name) <= MAX_MODEL_CHARS and name.isprintable() and not any(c.isspace() for c in name)
+
+
+def _shown(key: str) -> str:
+    return repr(key if len(key) <= 64 else key[:64] + "...")
