@@ -82,7 +82,7 @@ def test_imports_run_one_way() -> None:
         assert here is not None, f"{name} belongs to no layer: add its package to LAYERS and to ARCHITECTURE.md"
         for target in imports_of(path):
             there = layer_of(target)
-            if target == "gateway" or there is None and not target.startswith("gateway.client"):
+            if target == "gateway" or (there is None and not target.startswith("gateway.client")):
                 continue
             if target.startswith("gateway.client"):
                 if here[0] != "gateway.cli":
@@ -100,7 +100,8 @@ def test_client_stands_apart() -> None:
             strays = [t for t in imports_of(path) if t != "gateway" and not t.startswith("gateway.client")]
             assert strays == [], f"{name} imports {strays}: the client library must not load the server"
     # And at run time: importing it loads none of the server's heavy dependencies.
-    probe = "import sys, gateway.client; print(sorted(m for m in ('sqlalchemy', 'anthropic', 'tiktoken', 'alembic') if m in sys.modules))"
+    heavy = "('sqlalchemy', 'anthropic', 'tiktoken', 'alembic')"
+    probe = f"import sys, gateway.client; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
