@@ -1,6 +1,8 @@
 """A fake Anthropic Messages API server speaking the real wire format.
 
-Tests run the real `anthropic` SDK against it, so anything the SDK would reject here the real API would too.
+Tests run the real `anthropic` SDK against it, so anything the SDK would reject here the real API would too. Every
+request also passes the checks the real API makes before any model work (tests/api_rules.py: thinking signatures,
+role order, tool_use/tool_result pairing, required and unknown fields), answered with the API's own 400.
 Run standalone for benchmarks: `python -m tests.fake_anthropic --port 4010 --words 20 --delay-ms 5`.
 """
 
@@ -8,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import re
 import signal
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from tests.api_rules import check_request, sign_thinking
 
 _SEP = (",", ":")
 _WORD = re.compile(r"\s*\S+\s*")
@@ -126,6 +128,7 @@ class FakeAnthropic:
         self.unknown_models: set[str] = {"claude-sonnet-4", "claude-3-5-haiku-20241022"}
         self.streams_cancelled = 0
         self.streams_completed = 0
+        self.refusals: list[str] = []  # every 400 the API's own checks gave (tests/api_rules.py), in order
         self._queue: list[Reply] = []
         self._message_requests: list[RecordedRequest] = []
         self._streams: list[_Stream] = []
@@ -233,6 +236,10 @@ class FakeAnthropic:
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else headers.get("x-api-key")
         if self.api_key is not None and key != self.api_key:
             return body, self._error(401, None, "invalid x-api-key")
+        refusal = check_request(body, count_tokens=request.path.endswith("/count_tokens"))
+        if refusal is not None:
+            self.refusals.append(refusal)
+            return body, self._error(400, None, refusal)
         if body.get("model") in self.unknown_models:
             return body, self._error(404, None, f"model: {body.get('model')}")
         return body, None
@@ -349,7 +356,7 @@ class _Plan:
         self.thinking_events = [_delta(0, "thinking_delta", "thinking", c) for c in thinking_chunks or [""]]
         if reply.thinking is None:
             self.thinking_events = []
-        self.signature = base64.b64encode(hashlib.sha256((reply.thinking or "").encode()).digest()).decode()
+        self.signature = sign_thinking(reply.thinking or "")
         self.input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_tokens(body)
         self.output_tokens = (
             reply.output_tokens if reply.output_tokens is not None else len(text_chunks) + len(thinking_chunks)
