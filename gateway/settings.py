@@ -70,6 +70,10 @@ class Settings:
     db_max_overflow: int = 5
     log_format: str = "text"
     log_level: str = "INFO"
+    # The discovery file (gateway/cli/runtime_file.py); None: neither written nor read. `runtime_file_forced`: it was
+    # asked for by name, so it is written even by a gateway whose database others may share (PostgreSQL).
+    runtime_file: Path | None = None
+    runtime_file_forced: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -101,6 +105,7 @@ class Settings:
         home = Path(env.get("AGENTSPACE_HOME") or Path.home() / ".agentspace").expanduser()
         db_url = env.get("AGENTSPACE_DB_URL") or default_db_url(home)
         origins = tuple(o.strip() for o in env.get("AGENTSPACE_ALLOWED_ORIGINS", "").split(",") if o.strip())
+        runtime_file, runtime_file_forced = runtime_file_setting(env.get("AGENTSPACE_RUNTIME_FILE"))
         return cls(
             home=home,
             db_url=db_url,
@@ -130,7 +135,26 @@ class Settings:
             db_max_overflow=_int(env, "AGENTSPACE_DB_MAX_OVERFLOW", 5),
             log_format=env.get("AGENTSPACE_LOG_FORMAT") or "text",
             log_level=env.get("AGENTSPACE_LOG_LEVEL") or "INFO",
+            runtime_file=runtime_file,
+            runtime_file_forced=runtime_file_forced,
         )
+
+
+RUNTIME_FILE_OFF = ("", "off", "none", "0", "false", "no")
+
+
+def default_runtime_file() -> Path:
+    """Where the original AgentSpace CLI looks for a running gateway."""
+    return Path.home() / ".config" / "agentspace" / "runtime.json"
+
+
+def runtime_file_setting(raw: str | None) -> tuple[Path | None, bool]:
+    """AGENTSPACE_RUNTIME_FILE: unset means the default path; a path names it (and forces it); `off` turns it off."""
+    if raw is None:
+        return default_runtime_file(), False
+    if raw.strip().lower() in RUNTIME_FILE_OFF:
+        return None, False
+    return Path(raw).expanduser(), True
 
 
 def read_token_file(path: Path) -> str | None:

@@ -30,6 +30,8 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "ANTHROPIC_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AGENTSPACE_HOME", str(tmp_path / "home"))
+    # Nor write or read the discovery file a real gateway on this machine uses.
+    monkeypatch.setenv("AGENTSPACE_RUNTIME_FILE", str(tmp_path / "runtime.json"))
 
 
 @pytest.fixture

@@ -218,7 +218,7 @@ async def test_session_continues_under_its_agents_budget(
 async def recv_nothing_pending(ws: ClientWebSocketResponse) -> None:
     """The refusal was the terminal frame: a ping answers next, with nothing in between."""
     await send(ws, {"type": "ping", "id": "p"})
-    assert (await recv(ws)) == {"type": "pong", "id": "p"}
+    assert (await recv(ws)) == {"type": "pong", "id": "p", "requestId": "p"}
 
 
 class _Usage:

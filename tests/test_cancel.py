@@ -45,7 +45,7 @@ async def test_cancel_stops_upstream_and_keeps_the_partial_reply(
     assert end["type"] == "chat.stream.end" and end["id"] == "s1"
     assert end["stopReason"] == "cancelled" and end["status"] == "cancelled"
     assert end["usage"]["inputTokens"] > 0  # the usage so far is reported...
-    assert await recv(ws) == {"type": "chat.cancelled", "id": "c1", "sessionId": session_id}
+    assert await recv(ws) == {"type": "chat.cancelled", "id": "c1", "requestId": "c1", "sessionId": session_id}
     # ...and the upstream request was closed by us, not finished.
     assert await fake.wait_stream_closed() is True
     history = await request(ws, {"type": "session.history", "sessionId": session_id})
@@ -75,6 +75,7 @@ async def test_cancel_with_nothing_running_is_a_clean_error(ws: ClientWebSocketR
     assert answer == {
         "type": "error",
         "id": "c",
+        "requestId": "c",
         "code": "NOTHING_TO_CANCEL",
         "message": answer["message"],
         "retryable": False,

@@ -82,7 +82,7 @@ async def test_session_list_history_and_delete(ws: ClientWebSocketResponse, db_u
     b = (await chat(ws, "second"))[0]["sessionId"]
     await chat(ws, "again", sessionId=a)
     listed = await request(ws, {"type": "session.list", "id": "l1"})
-    assert listed["type"] == "session.list.result" and listed["id"] == "l1"
+    assert listed["type"] == "session.list" and listed["id"] == "l1"
     ids = [s["sessionId"] for s in listed["sessions"]]
     assert ids == [a, b]  # most recently updated first
     first = listed["sessions"][0]
@@ -113,6 +113,7 @@ async def test_unknown_session_is_refused_without_upstream_call(
         {
             "type": "error",
             "id": "t1",
+            "requestId": "t1",
             "code": "SESSION_NOT_FOUND",
             "message": frames[0]["message"],
             "retryable": False,

@@ -269,7 +269,7 @@ async def test_unknown_agent_is_refused_and_nothing_is_written(
     assert await rows(db_url, "select count(*) from messages") == [(0,)]
     # `default` exists without a folder.
     listed = await request(ws, {"type": "session.list", "id": "s2", "agentId": "default"})
-    assert listed["type"] == "session.list.result"
+    assert listed["type"] == "session.list"
     await new_session(ws, "hi", agentId="default")
 
 
@@ -445,8 +445,9 @@ async def test_send_over_the_window_is_refused_before_anything_happens(
     assert await rows(db_url, "select id, updated_at, message_count from sessions") == snapshot  # no session created
     assert await rows(db_url, "select id, status from messages order by seq") == messages  # nothing half-written
     assert await rows(db_url, "select count(*) from usage_records") == [(1,)]
-    # The same text fits a model with a large window.
-    assert (await chat(tiny_ws, too_big, sessionId=session_id))[-1]["type"] == "chat.stream.end"
+    # The session keeps its model; the same text sent to a model with a large window fits.
+    frames = await chat(tiny_ws, too_big, sessionId=session_id, model="claude-sonnet-5-5")
+    assert frames[-1]["type"] == "chat.stream.end"
 
 
 # 6. The CLI prints the same inspection, through the same code, from the database the gateway wrote.
@@ -471,7 +472,7 @@ async def test_cli_prints_the_same_inspection(
     assert await asyncio.to_thread(main, ["context", session_id, "--draft", draft]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == f"session {session_id} (agent:writer:{session_id}), model claude-sonnet-5-5"
+    assert lines[0] == f"session {session_id} (agent:writer:{session_id}), model claude-sonnet-5-5 (the session's)"
     table = {line.split()[0]: line for line in lines[2:9]}
     assert lines[2].split() == ["section", "items", "bytes", "tokens", "cost", "share"]
     total_tokens = shown["totals"]["tokenEstimate"]
@@ -502,10 +503,10 @@ async def test_cli_prints_the_same_inspection(
 
     assert await asyncio.to_thread(main, ["context", session_id, "--draft", draft, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == {key: value for key, value in shown.items() if key != "id"}
+    assert printed == {key: value for key, value in shown.items() if key not in ("id", "requestId")}
 
     assert await asyncio.to_thread(main, ["context", session_id, "--model", "claude-opus-5-5"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].endswith("model claude-opus-5-5")
+    assert capsys.readouterr().out.splitlines()[0].endswith("model claude-opus-5-5 (asked)")
     assert await asyncio.to_thread(main, ["context", "no-such-session"]) == 1
     assert capsys.readouterr().err == "agentspace: session no-such-session does not exist\n"
 

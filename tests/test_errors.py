@@ -51,7 +51,7 @@ async def test_bad_frames_get_errors_and_connection_survives(
         assert frame["id"] is None
     # Still open and serving.
     pong = await request(ws, {"type": "ping", "id": 1})
-    assert pong == {"type": "pong", "id": 1}
+    assert pong == {"type": "pong", "id": 1, "requestId": 1}
 
 
 async def test_unusable_id_is_refused(ws: ClientWebSocketResponse) -> None:

@@ -248,7 +248,7 @@ class LiveGateway:
             self.session_id = await self._new_session()  # keep a live session to aim at
         sentinel = f"sentinel-{self.sent}"
         await self.ws.send_str(json.dumps({"type": "ping", "id": sentinel}))
-        assert await self._recv() == {"type": "pong", "id": sentinel}
+        assert await self._recv() == {"type": "pong", "id": sentinel, "requestId": sentinel}
         return frames
 
     async def _health(self) -> dict[str, Any]:

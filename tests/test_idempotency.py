@@ -32,6 +32,7 @@ async def test_resend_after_finishing_answers_the_stored_state(
         {
             "type": "chat.state",
             "id": "t2",
+            "requestId": "t2",
             "duplicate": True,
             "sessionId": end["sessionId"],
             "userMessageId": again[0]["userMessageId"],

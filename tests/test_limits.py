@@ -52,7 +52,7 @@ async def test_frame_over_the_limit_gets_an_error_frame(gateway_factory: Factory
     assert (answer["type"], answer["code"]) == ("error", "MESSAGE_TOO_LARGE")
     await ws.send_bytes(b"\0" * (limit + 1))
     assert (await recv(ws))["code"] == "MESSAGE_TOO_LARGE"
-    assert await request(ws, {"type": "ping", "id": 2}) == {"type": "pong", "id": 2}
+    assert await request(ws, {"type": "ping", "id": 2}) == {"type": "pong", "id": 2, "requestId": 2}
 
 
 async def test_frame_far_over_the_limit_is_closed_with_1009(gateway_factory: Factory, settings: Settings) -> None:

@@ -95,7 +95,8 @@ async def test_wrong_bearer_header_is_refused_before_upgrade(guarded: Gateway) -
 
 async def test_auth_frame_first_lets_the_connection_in(guarded: Gateway) -> None:
     ws = await guarded.ws()
-    assert await request(ws, {"type": "auth", "id": "a", "token": TOKEN}) == {"type": "auth.ok", "id": "a"}
+    answer = await request(ws, {"type": "auth", "id": "a", "token": TOKEN})
+    assert answer == {"type": "auth.ok", "id": "a", "requestId": "a"}
     assert (await chat(ws, "hello"))[-1]["type"] == "chat.stream.end"
     await ws.close()
 

@@ -110,6 +110,7 @@ async def test_table_with_totals(cli_env: Settings, capsys: pytest.CaptureFixtur
         "1h",
         "cache",
         "read",
+        "total",
         "cost",
         "USD",
         "saved",
@@ -124,12 +125,14 @@ async def test_table_with_totals(cli_env: Settings, capsys: pytest.CaptureFixtur
         "2,000",
         "3,000",
         "10,000",
+        "16,500",
         "0.025000",
         "0.012000",
     ]
-    assert lines[4].split() == ["2026-11-25", "2", "1", "200", "100", "0", "0", "0", "0.000035", "0.000000"]
+    assert lines[4].split() == ["2026-11-25", "2", "1", "200", "100", "0", "0", "0", "300", "0.000035", "0.000000"]
     assert set(lines[5]) == {"-", " "}
-    assert lines[6].split() == ["total", "3", "1", "1,200", "600", "2,000", "3,000", "10,000", "0.025035", "0.012000"]
+    total = ["total", "3", "1", "1,200", "600", "2,000", "3,000", "10,000", "16,800", "0.025035", "0.012000"]
+    assert lines[6].split() == total
     # Aligned: every column ends where its header ends.
     assert len({len(line) for line in lines[2:7]}) == 1
     assert "1 request(s) used models with no known price" in out

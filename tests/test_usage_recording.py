@@ -46,6 +46,7 @@ async def test_every_token_type_in_end_frame_and_row(
         "cacheReadInputTokens": 10_000,
         "cacheCreation5mInputTokens": 2000,
         "cacheCreation1hInputTokens": 3000,
+        "totalTokens": 16_500,  # input + output + cache writes + cache reads
     }
     # 1000x2000 + 500x10000 + (2000x2500 + 3000x4000) + 10000x100 = 2M + 5M + 17M + 1M nano-USD.
     # Uncached: 16,000 prompt tokens x 2000 + 5M = 37M, so caching saved 12M.

@@ -52,6 +52,12 @@ class TokenUsage:
         """The whole prompt: what tiers switch on and what the context window holds."""
         return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_tokens
 
+    @property
+    def total_tokens(self) -> int:
+        """Every token the request was billed for: the whole prompt (input, cache writes, cache reads) and the output.
+        What the original AgentSpace protocol's `totalTokens` counted (its AI SDK summed the same four)."""
+        return self.prompt_tokens + self.output_tokens
+
     @classmethod
     def from_api(cls, usage: object) -> TokenUsage:
         """From an `anthropic.types.Usage` / `MessageDeltaUsage` or an equivalent dict."""

@@ -21,6 +21,7 @@ def totals_fields(t: UsageTotals) -> dict[str, Any]:
         "cacheCreation5mInputTokens": t.cache_write_5m_tokens,
         "cacheCreation1hInputTokens": t.cache_write_1h_tokens,
         "cacheReadInputTokens": t.cache_read_tokens,
+        "totalTokens": t.total_tokens,
         "inputCost": nano_to_usd(t.input_cost),
         "outputCost": nano_to_usd(t.output_cost),
         "cacheCost": nano_to_usd(t.cache_write_cost + t.cache_read_cost),

@@ -46,7 +46,8 @@ class Relay:
         self.reply = Reply()
         self.first_token_ms: int | None = None
         self.relayed = False
-        ids = f'"id":{json.dumps(request_id)},"sessionId":"{rows.session.id}","messageId":"{rows.assistant_message.id}"'
+        rid = json.dumps(request_id)
+        ids = f'"id":{rid},"requestId":{rid},"sessionId":"{rows.session.id}","messageId":"{rows.assistant_message.id}"'
         self._delta_prefix = '{"type":"chat.stream.delta",' + ids + ',"delta":'
         self._thinking_prefix = '{"type":"chat.stream.thinking",' + ids + ',"delta":'
 

@@ -24,7 +24,7 @@ from .locks import SessionLease
 from .relay import Relay, SendRaw
 from .services import Services
 from .turn_end import Ending, settle
-from .turn_frames import duplicate_frame, error_with, session_key
+from .turn_frames import duplicate_frame, error_with, model_for, session_key
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Turn:
                 raise errors.SessionNotFound(f"session {self.session_id} does not exist", sessionId=self.session_id)
         agent_id = session.agent_id if session is not None else (req.get("agentId") or "default")
         workspace = s.workspaces.load(agent_id)
-        model: str = req.get("model") or workspace.model or s.settings.default_model
+        model, _ = model_for(req.get("model"), session, workspace.model, s.settings.default_model)
         max_tokens: int = req.get("maxTokens") or workspace.max_tokens or s.settings.default_max_tokens
         await self._recover_orphans(history)
         assembled = assemble(workspace, history, pending=req.get("content"), model=model, max_tokens=max_tokens)

@@ -20,6 +20,7 @@ def usage_fields(usage: TokenUsage) -> dict[str, int]:
         "cacheReadInputTokens": usage.cache_read_tokens,
         "cacheCreation5mInputTokens": usage.cache_write_5m_tokens,
         "cacheCreation1hInputTokens": usage.cache_write_1h_tokens,
+        "totalTokens": usage.total_tokens,
     }
 
 
@@ -121,6 +122,16 @@ def usage_record(
         first_token_ms=first_token_ms,
         created_at=utcnow(),
     )
+
+
+def model_for(asked: str | None, session: ChatSession | None, agent_model: str | None, default: str) -> tuple[str, str]:
+    """The model a send (or an inspection) uses, and why: the one asked for ("request"), else the one the session has
+    been using ("session"), else the agent's or the gateway's default ("default")."""
+    if asked:
+        return asked, "request"
+    if session is not None and session.model:
+        return session.model, "session"
+    return agent_model or default, "default"
 
 
 def session_key(session: ChatSession) -> str:

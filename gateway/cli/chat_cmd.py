@@ -18,6 +18,7 @@ from gateway.client import AuthError, GatewayClient, GatewayClientError
 from gateway.settings import Settings
 
 from . import chat_view as view
+from . import runtime_file
 from .chat_repl import ChatOptions, ChatRepl
 
 
@@ -28,7 +29,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--agent", metavar="NAME", help="the agent for a new session (default: default)")
     parser.add_argument("--model", help="model for this chat (default: the agent's, else the gateway's)")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="max_tokens per reply")
-    parser.add_argument("--url", help="the gateway (default ws://$AGENTSPACE_HOST:$AGENTSPACE_PORT/gateway)")
+    parser.add_argument(
+        "--url",
+        help="the gateway (default: the one ~/.config/agentspace/runtime.json names, else"
+        " ws://$AGENTSPACE_HOST:$AGENTSPACE_PORT/gateway)",
+    )
     parser.add_argument("--token", help="the gateway token (default: AGENTSPACE_TOKEN, else $AGENTSPACE_HOME/token)")
     parser.add_argument("--no-thinking", action="store_true", help="do not show the model's thinking")
     parser.set_defaults(handler=run)
@@ -40,9 +45,15 @@ def default_url(settings: Settings) -> str:
     return f"ws://{host}:{settings.port}/gateway"
 
 
+def gateway_url(settings: Settings) -> str:
+    """A running gateway's discovery file first (as the original CLI found its gateway), then the settings."""
+    running = runtime_file.discover(settings.runtime_file)
+    return running.url if running is not None else default_url(settings)
+
+
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    url = args.url or default_url(settings)
+    url = args.url or gateway_url(settings)
     token = args.token or settings.token
     options = ChatOptions(
         session_id=args.session,

@@ -212,7 +212,7 @@ class ChatRepl:
                 if self.session_id is None:
                     self._say("no session yet: send a message first")
                 else:
-                    self._say(view.context_view(await self.gw.inspect(self.session_id)))
+                    self._say(view.context_view(await self.gw.inspect(self.session_id, model=self.o.model)))
             elif name == "/usage":
                 mine = await self.gw.usage(session_id=self.session_id) if self.session_id else None
                 self._say(view.usage_view(mine, await self.gw.usage()))

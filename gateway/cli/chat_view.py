@@ -101,6 +101,9 @@ def sessions_view(frame: Frame, current: str | None) -> str:
     return table(["  id", "title", "msgs", "updated (UTC)"], rows, left=2)
 
 
+_MODEL_SOURCE = {"request": "asked", "session": "the session's", "default": "the default"}
+
+
 def context_view(frame: Frame) -> str:
     sections = frame.get("sections") or []
     totals = frame.get("totals") or {}
@@ -111,7 +114,8 @@ def context_view(frame: Frame) -> str:
         rows.append([s["name"], num(s["byteCount"]), num(s["tokenEstimate"]), usd(s.get("costEstimate")), share])
     rows.append(["total", num(totals.get("byteCount")), num(total_tokens), usd(totals.get("costEstimate")), ""])
     lines = [
-        f"model {frame.get('model')} · agent {frame.get('agentId')} · session {short_id(frame.get('sessionId'))}",
+        f"model {frame.get('model')} ({_MODEL_SOURCE.get(str(frame.get('modelSource')), 'as sent')})"
+        f" · agent {frame.get('agentId')} · session {short_id(frame.get('sessionId'))}",
         table(["section", "bytes", "tokens", "cost", "share"], rows),
     ]
     window, window_share = frame.get("contextWindow"), frame.get("windowShare")
@@ -135,9 +139,8 @@ def usage_view(session_report: Frame | None, overall: Frame) -> str:
         rows = [_usage_row(model, t) for model, t in sorted(per_model.items())]
         if len(rows) != 1:
             rows.append(_usage_row("total", report.get("grandTotal") or {}))
-        blocks.append(
-            f"{title}:\n" + table(["model", "requests", "in", "out", "cache read", "cache write", "cost"], rows)
-        )
+        headers = ["model", "requests", "in", "out", "cache read", "cache write", "total", "cost"]
+        blocks.append(f"{title}:\n" + table(headers, rows))
         if report.get("unpricedRequests"):
             blocks.append(f"({report['unpricedRequests']} requests to unpriced models are not in the cost)")
     return "\n".join(blocks)
@@ -151,6 +154,7 @@ def _usage_row(name: str, t: Frame) -> list[str]:
         num(t.get("outputTokens", 0)),
         num(t.get("cacheReadInputTokens", 0)),
         num(t.get("cacheCreationInputTokens", 0)),
+        num(t.get("totalTokens", 0)),
         usd(t.get("totalCost", 0.0)),
     ]
 

@@ -67,6 +67,9 @@ async def _inspect(settings: Settings, request: Any) -> dict[str, Any]:
         await engine.dispose()
 
 
+_MODEL_SOURCE = {"request": " (asked)", "session": " (the session's)", "default": " (the default)"}
+
+
 def _missing_sqlite_file(db_url: str) -> Path | None:
     """Opening a SQLite URL would create an empty database; a read-only command should say it is not there."""
     from sqlalchemy.engine import make_url
@@ -120,7 +123,8 @@ def format_inspection(frame: dict[str, Any]) -> str:
             "",
         )
     )
-    lines = [f"session {frame['sessionId']} ({frame['sessionKey']}), model {frame['model']}", ""]
+    source = _MODEL_SOURCE.get(frame.get("modelSource") or "", "")
+    lines = [f"session {frame['sessionId']} ({frame['sessionKey']}), model {frame['model']}{source}", ""]
     lines.extend(_table(rows))
     lines.append("")
     estimate = total_tokens + frame["requestOverheadTokens"]

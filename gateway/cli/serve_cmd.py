@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from gateway.server.logs import setup_logging
 from gateway.settings import Settings
+
+from . import runtime_file
 
 MIN_TOKEN_CHARS = 16
 
@@ -21,6 +25,14 @@ def register(sub: Any) -> None:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1, or AGENTSPACE_HOST)")
     parser.add_argument("--port", type=int, help="port (default 3271, or AGENTSPACE_PORT)")
     parser.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--runtime-file",
+        metavar="PATH",
+        type=Path,
+        help="write the discovery file here (default ~/.config/agentspace/runtime.json, or AGENTSPACE_RUNTIME_FILE)",
+    )
+    where.add_argument("--no-runtime-file", action="store_true", help="write no discovery file")
     parser.set_defaults(handler=run)
 
 
@@ -42,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.log_format:
         overrides["log_format"] = args.log_format
+    if args.runtime_file is not None:
+        overrides.update(runtime_file=args.runtime_file.expanduser(), runtime_file_forced=True)
+    if args.no_runtime_file:
+        overrides["runtime_file"] = None
     settings = settings.with_overrides(**overrides)
     if not is_loopback(settings.host) and settings.token is None:
         # Anyone who can reach the port could spend the API key and read every conversation.
@@ -58,27 +74,50 @@ def run(args: argparse.Namespace) -> int:
             "the gateway token is shorter than %d characters; `agentspace token create` makes a strong one",
             MIN_TOKEN_CHARS,
         )
+    try:
+        # Bound here, not by run_app, so the discovery file can name the port actually listened on (also for 0).
+        sock = _listen(settings.host, settings.port)
+    except OSError as exc:
+        print(f"agentspace: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    port = int(sock.getsockname()[1])
     log.info(
         "gateway on ws://%s:%d/gateway (Control UI http://%s:%d/), database %s",
         settings.host,
-        settings.port,
+        port,
         settings.host,
-        settings.port,
+        port,
         _safe_url(settings.db_url),
     )
     # Imported here, not at the top: the server pulls in the SDK and SQLAlchemy (seconds), which `agentspace chat`
     # and the other small commands never need.
     from gateway.app import create_app
 
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=10,
-        print=None,
-        access_log=None,
-    )
+    discovery = _discovery_path(settings, log)
+    claimed = discovery is not None and runtime_file.claim(discovery, port, settings.host)
+    try:
+        web.run_app(create_app(settings), sock=sock, shutdown_timeout=10, print=None, access_log=None)
+    finally:
+        if claimed and discovery is not None:
+            runtime_file.release(discovery)
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family, backlog=128)
+
+
+def _discovery_path(settings: Settings, log: logging.Logger) -> Path | None:
+    """Where to write the discovery file, if anywhere. A gateway on PostgreSQL may be one of several sharing the
+    database (docs/DEPLOY.md), and one file cannot name them all: it writes one only when asked by name."""
+    path = settings.runtime_file
+    if path is None:
+        return None
+    if not settings.is_sqlite and not settings.runtime_file_forced:
+        log.info("no discovery file: the database may be shared; set AGENTSPACE_RUNTIME_FILE to write one anyway")
+        return None
+    return path
 
 
 def _safe_url(url: str) -> str:

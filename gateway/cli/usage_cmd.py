@@ -26,6 +26,7 @@ _COUNTS = (
     ("write 5m", "cacheCreation5mInputTokens"),
     ("write 1h", "cacheCreation1hInputTokens"),
     ("cache read", "cacheReadInputTokens"),
+    ("total", "totalTokens"),
 )
 
 

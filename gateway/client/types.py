@@ -38,6 +38,9 @@ class Usage:
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    # input + output + cache writes + cache reads (the frame's `totalTokens`; summed here if an older gateway
+    # left it out).
+    total_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +76,7 @@ class ChatEnd:
             message_id=frame["messageId"],
             stop_reason=frame.get("stopReason"),
             status=frame.get("status", "complete"),
-            usage=Usage(
-                u.get("inputTokens", 0),
-                u.get("outputTokens", 0),
-                u.get("cacheCreationInputTokens", 0),
-                u.get("cacheReadInputTokens", 0),
-            ),
+            usage=_usage(u),
             cost=Cost(
                 c.get("inputCost"),
                 c.get("outputCost"),
@@ -90,3 +88,13 @@ class ChatEnd:
             duration_ms=int(frame.get("durationMs") or 0),
             frame=frame,
         )
+
+
+def _usage(u: Frame) -> Usage:
+    counts = (
+        u.get("inputTokens", 0),
+        u.get("outputTokens", 0),
+        u.get("cacheCreationInputTokens", 0),
+        u.get("cacheReadInputTokens", 0),
+    )
+    return Usage(*counts, total_tokens=u.get("totalTokens", sum(counts)))

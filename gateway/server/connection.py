@@ -41,6 +41,14 @@ def token_ok(expected: str | None, given: str | None) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
+def with_request_id(frame: dict[str, Any]) -> dict[str, Any]:
+    """Every answer also names its request as `requestId` (equal to `id`): the original AgentSpace protocol's field,
+    which its clients match answers on."""
+    if "id" in frame and "requestId" not in frame:
+        frame["requestId"] = frame["id"]
+    return frame
+
+
 class TokenBucket:
     """Frames per second with a burst allowance; refilled lazily on each frame, so idle sockets cost nothing."""
 
@@ -78,7 +86,7 @@ class Connection:
         self._bucket = TokenBucket(services.settings.frames_per_second, services.settings.frame_burst)
 
     async def send(self, frame: dict[str, Any]) -> None:
-        await self.send_raw(dump(frame))
+        await self.send_raw(dump(with_request_id(frame)))
 
     async def send_raw(self, text: str) -> None:
         """The only place that writes to the socket. Awaiting the write gives a slow reader backpressure on its

@@ -7,7 +7,7 @@ from typing import Any
 from gateway import errors
 from gateway.billing.reports import usage_report
 from gateway.chat.services import Services
-from gateway.chat.turn_frames import session_key
+from gateway.chat.turn_frames import model_for, session_key
 from gateway.context.assembly import assemble
 from gateway.context.inspection import calibration_ratio, inspection_body, measure
 from gateway.protocol import Request, parse_time
@@ -58,7 +58,7 @@ async def session_list(s: Services, req: Request) -> dict[str, Any]:
         s.workspaces.load(agent_id)  # a bad or unknown agent id gets its own clear error
     page = await s.store.sessions.list_sessions(agent_id, limit, req.get("cursor"))
     return {
-        "type": "session.list.result",
+        "type": "session.list",
         "sessions": [session_fields(row) for row in page.sessions],
         "nextCursor": page.next_cursor,
         "limit": limit,
@@ -104,7 +104,7 @@ async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
     if session is None:
         raise errors.SessionNotFound(f"session {session_id} does not exist", sessionId=session_id)
     workspace = s.workspaces.load(session.agent_id)
-    model: str = req.get("model") or workspace.model or s.settings.default_model
+    model, model_source = model_for(req.get("model"), session, workspace.model, s.settings.default_model)
     max_tokens = workspace.max_tokens or s.settings.default_max_tokens
     draft: str | None = req.get("content")
     # A blank draft is no draft: chat.send would refuse it, and the API rejects empty text blocks.
@@ -117,6 +117,7 @@ async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
         "sessionKey": session_key(session),
         "agentId": session.agent_id,
         **inspection_body(assembled, await measure(assembled, s.tokens), s.prices, at=utcnow(), ratio=ratio),
+        "modelSource": model_source,
         "problems": list(workspace.problems),
     }
     if req.get("exact"):

@@ -62,6 +62,17 @@ class UsageTotals:
     uncached_cost: int = 0
     unpriced_requests: int = 0
 
+    @property
+    def total_tokens(self) -> int:
+        """As in chat.stream.end: input + output + cache writes + cache reads."""
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_write_5m_tokens
+            + self.cache_write_1h_tokens
+            + self.cache_read_tokens
+        )
+
     def add(self, other: UsageTotals) -> None:
         for name in _SUM_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
