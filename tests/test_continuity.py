@@ -76,6 +76,7 @@ async def test_a_session_of_another_agent_is_refused_and_nothing_is_written(
                 {
                     "type": "error",
                     "id": "x",
+                    "requestId": "x",
                     "code": "SESSION_NOT_FOUND",
                     "message": f"session {session_id} does not exist",
                     "retryable": False,

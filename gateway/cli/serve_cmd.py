@@ -54,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.log_format:
         overrides["log_format"] = args.log_format
-    if args.runtime_file is not None:
-        overrides.update(runtime_file=args.runtime_file.expanduser(), runtime_file_forced=True)
-    if args.no_runtime_file:
+    named: Path | None = getattr(args, "runtime_file", None)
+    if named is not None:
+        overrides.update(runtime_file=named.expanduser(), runtime_file_forced=True)
+    if getattr(args, "no_runtime_file", False):
         overrides["runtime_file"] = None
     settings = settings.with_overrides(**overrides)
     if not is_loopback(settings.host) and settings.token is None:
