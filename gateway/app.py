@@ -57,7 +57,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         database = Database(engine, make_sessionmaker(engine))
         for sync_engine in database.sync_engines:
             app[METRICS].watch_engine(sync_engine)
-        store = Store(database)
+        store = Store(database, settings.clock)
         locks = await _make_locks(settings, database)
         recovered = await recover_orphans(store, locks)
         if recovered:

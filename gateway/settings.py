@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from gateway.clock import SYSTEM_CLOCK, Clock
+
 DEFAULT_MODEL = "claude-sonnet-5-5"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant."
 DEFAULT_AGENT = "default"
@@ -75,6 +77,8 @@ class Settings:
     runtime_file: Path | None = None
     runtime_file_forced: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
+    # What "now" is for prices, budget periods and stored timestamps (gateway/clock.py); tests set their own.
+    clock: Clock = field(default=SYSTEM_CLOCK, compare=False)
 
     @property
     def agents_dir(self) -> Path:

@@ -25,6 +25,7 @@ LAYERS = {
     "gateway.billing": 2,
     "gateway.store": 1,
     "gateway.settings": 0,
+    "gateway.clock": 0,
     "gateway.errors": 0,
     "gateway.protocol": 0,
     "gateway.confine": 0,

@@ -115,6 +115,7 @@ class BudgetGuard:
     def __init__(self, store: Store, prices: PriceBook) -> None:
         self._store = store
         self._prices = prices
+        self._clock = store.clock  # the day and month a send falls in are the store's, as its usage rows' are
         self._reserved: dict[str, int] = {}
         # Bumped on every release: a spend read that overlapped a release may have missed that request's row.
         self._settled: dict[str, int] = {}
@@ -132,7 +133,7 @@ class BudgetGuard:
                 f"agent {agent_id}'s budget is misconfigured ({budget.problem}); fix agent.toml to send again",
                 agentId=agent_id,
             )
-        now = now or datetime.now(UTC)
+        now = now or self._clock.now()
         prompt = await self._prompt_tokens(model, estimate)
         worst = worst_case(self._prices, model, workspace.cache_mode, prompt, max_tokens, now)
         if worst is None:
@@ -165,7 +166,7 @@ class BudgetGuard:
 
     async def status(self, workspaces: AgentDirectory, agent_id: str | None = None) -> list[dict[str, Any]]:
         """Every cap (of one agent, or of all) with its spend this period, for reports."""
-        now = datetime.now(UTC)
+        now = self._clock.now()
         out: list[dict[str, Any]] = []
         for agent in [agent_id] if agent_id is not None else workspaces.list_agents():
             try:

@@ -13,7 +13,6 @@ from gateway import errors
 from gateway.context.assembly import Assembled
 from gateway.protocol import RequestId
 from gateway.store import TurnRows
-from gateway.store.models import utcnow
 
 from .metrics import TurnObserver
 from .services import Services
@@ -44,6 +43,8 @@ class Relay:
         self.send_raw = send_raw
         self.started = started
         self.reply = Reply()
+        # When the upstream request behind `reply` was sent: the moment it is priced at (docs/PRICING.md).
+        self.sent_at = services.clock.now()
         self.first_token_ms: int | None = None
         self.relayed = False
         rid = json.dumps(request_id)
@@ -58,7 +59,7 @@ class Relay:
         attempt = 0
         while True:
             self.reply = Reply()
-            attempt_started = utcnow()
+            self.sent_at = s.clock.now()
             try:
                 # `async with` closes the upstream response the moment we stop reading, cancel included, so
                 # Anthropic stops generating (and billing) at once.
@@ -99,7 +100,7 @@ class Relay:
                 # Forget the failed attempt before recording it: if we are cancelled while saving it or during the
                 # backoff, settle() must not record the same upstream request a second time.
                 failed, self.reply = self.reply, Reply()
-                await record_failed_attempt(s, self.rows, failed, self.assembled, attempt_started, self.started)
+                await record_failed_attempt(s, self.rows, failed, self.assembled, self.sent_at, self.started)
                 attempt += 1
                 await asyncio.sleep(self._backoff(attempt, wait))
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from gateway.billing.budgets import BudgetGuard
 from gateway.billing.prices import PriceBook
+from gateway.clock import Clock
 from gateway.context.tokens import TokenCounter
 from gateway.context.workspace import WorkspaceLoader
 from gateway.settings import Settings
@@ -29,6 +30,11 @@ class Services:
     budgets: BudgetGuard
     metrics: Metrics = field(default_factory=Metrics)
     active_turns: set[object] = field(default_factory=set)
+
+    @property
+    def clock(self) -> Clock:
+        """What "now" is: for prices, budget periods and every stored timestamp (gateway/clock.py)."""
+        return self.settings.clock
 
     @classmethod
     def build(cls, settings: Settings, store: Store, locks: SessionLocks, metrics: Metrics | None = None) -> Services:

@@ -232,7 +232,7 @@ class Turn:
         except TimeoutError:
             failure, status = errors.UpstreamTimeout("the turn took longer than the total upstream timeout"), "failed"
         await checkpointer.stop()
-        ending = Ending(status, failure, started, relay.first_token_ms)
+        ending = Ending(status, failure, started, relay.first_token_ms, relay.sent_at)
         await self._end(await settle(s, self.obs, self.rid, rows, relay.reply, assembled, estimate, ending))
 
 

@@ -16,7 +16,7 @@ from gateway.billing.accounting import Priced
 from gateway.context.assembly import Assembled
 from gateway.protocol import RequestId
 from gateway.store import TurnRows
-from gateway.store.models import UsageRecord, utcnow
+from gateway.store.models import UsageRecord
 
 from .metrics import TurnObserver
 from .services import Services
@@ -37,6 +37,7 @@ class Ending:
     failure: errors.GatewayError | None
     started: float  # time.monotonic() when the stream began
     first_token_ms: int | None
+    sent_at: datetime  # when the upstream request that produced the reply was sent: its price's moment
 
 
 async def settle(
@@ -55,8 +56,10 @@ async def settle(
     priced: Priced | None = None
     record: UsageRecord | None = None
     if reply.message_id is not None:
-        priced = s.prices.price(assembled.model, reply.usage, utcnow())
-        record = usage_record(rows, priced, status, duration_ms, ending.first_token_ms, estimate, reply.message_id)
+        priced = s.prices.price(assembled.model, reply.usage, ending.sent_at)
+        record = usage_record(
+            rows, priced, status, duration_ms, ending.first_token_ms, estimate, reply.message_id, ending.sent_at
+        )
     stop_reason = reply.stop_reason if status == "complete" else status
     calibration = None
     if status == "complete" and reply.usage.prompt_tokens > 0:
@@ -108,7 +111,7 @@ async def record_failed_attempt(
         return  # the upstream reported no usage, so it billed nothing
     priced = s.prices.price(assembled.model, reply.usage, at)
     duration_ms = int((time.monotonic() - started) * 1000)
-    record = usage_record(rows, priced, "failed", duration_ms, None, None, reply.message_id)
+    record = usage_record(rows, priced, "failed", duration_ms, None, None, reply.message_id, at)
     await asyncio.shield(s.store.usage.insert(record))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from gateway import errors
@@ -9,7 +10,7 @@ from gateway.billing.accounting import Priced, TokenUsage, nano_to_usd
 from gateway.protocol import RequestId, error_frame
 from gateway.store import TurnRows
 from gateway.store.chats import new_id
-from gateway.store.models import ChatSession, Message, UsageRecord, utcnow
+from gateway.store.models import ChatSession, Message, UsageRecord
 
 
 def usage_fields(usage: TokenUsage) -> dict[str, int]:
@@ -89,7 +90,10 @@ def usage_record(
     first_token_ms: int | None,
     estimated_input_tokens: int | None,
     upstream_message_id: str | None,
+    sent_at: datetime,
 ) -> UsageRecord:
+    """The usage row of one upstream request, dated when it was sent: the moment its rates are from, so the row's
+    day (in reports and budgets) and its rates always agree."""
     usage, rates, cost = priced.usage, priced.rates, priced.cost
     return UsageRecord(
         id=new_id(),
@@ -120,7 +124,7 @@ def usage_record(
         upstream_message_id=upstream_message_id,
         duration_ms=duration_ms,
         first_token_ms=first_token_ms,
-        created_at=utcnow(),
+        created_at=sent_at,
     )
 
 

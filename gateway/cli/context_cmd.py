@@ -59,7 +59,9 @@ async def _inspect(settings: Settings, request: Any) -> dict[str, Any]:
     from gateway.store.db import create_engine, make_sessionmaker
 
     engine = create_engine(settings.db_url, pool_size=1, max_overflow=0)
-    services = Services.build(settings, Store(Database(engine, make_sessionmaker(engine))), LocalSessionLocks())
+    services = Services.build(
+        settings, Store(Database(engine, make_sessionmaker(engine)), settings.clock), LocalSessionLocks()
+    )
     try:
         return await queries.context_inspect(services, request)
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.billing.prices import PriceBook, format_price_table
@@ -20,7 +19,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     book = PriceBook.load(settings.prices_path)
-    at = parse_time(args.at, "at") if args.at else datetime.now(UTC)
+    at = parse_time(args.at, "at") if args.at else settings.clock.now()
     assert at is not None
     print(format_price_table(book.table(at)))
     return 0

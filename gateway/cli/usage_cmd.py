@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.store import UsageFilters
 
     settings = Settings.from_env()
-    now = datetime.now(UTC)
+    now = settings.clock.now()
     filters = UsageFilters(
         session_id=args.session,
         agent_id=args.agent,
@@ -87,7 +87,7 @@ async def _report(settings: Settings, filters: UsageFilters, group_by: str) -> d
     engine = create_engine(settings.db_url)
     try:
         await upgrade_to_head(engine)  # as the gateway does at start; a no-op when it already ran
-        store = Store(Database(engine, make_sessionmaker(engine)))
+        store = Store(Database(engine, make_sessionmaker(engine)), settings.clock)
         prices = PriceBook.load(settings.prices_path)
         # A fresh guard: this process has nothing in flight, so budgets show spend recorded in the database.
         budgets = BudgetGuard(store, prices)

@@ -12,7 +12,7 @@ from gateway.context.assembly import assemble
 from gateway.context.inspection import calibration_ratio, inspection_body, measure
 from gateway.protocol import Request, parse_time
 from gateway.store import UsageFilters
-from gateway.store.models import ChatSession, Message, utcnow
+from gateway.store.models import ChatSession, Message
 
 
 def session_fields(session: ChatSession) -> dict[str, Any]:
@@ -116,7 +116,7 @@ async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
         "sessionId": session.id,
         "sessionKey": session_key(session),
         "agentId": session.agent_id,
-        **inspection_body(assembled, await measure(assembled, s.tokens), s.prices, at=utcnow(), ratio=ratio),
+        **inspection_body(assembled, await measure(assembled, s.tokens), s.prices, at=s.clock.now(), ratio=ratio),
         "modelSource": model_source,
         "problems": list(workspace.problems),
     }

@@ -6,6 +6,8 @@ It may import only the shared bottom (`gateway.errors`, `gateway.settings`) and 
 import it.
 """
 
+from gateway.clock import SYSTEM_CLOCK, Clock
+
 from .base import Database
 from .chats import ChatStore, TurnRows
 from .history import HistoryItem
@@ -14,9 +16,10 @@ from .usage import UsageFilters, UsageStore, UsageTotals
 
 
 class Store:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self.database = database
-        self.chats = ChatStore(database)
+        self.clock = clock  # every timestamp the stores write comes from it
+        self.chats = ChatStore(database, clock)
         self.sessions = SessionStore(database)
         self.usage = UsageStore(database)
 

@@ -9,8 +9,10 @@ from typing import cast
 
 from sqlalchemy import Table, select
 
+from gateway.clock import SYSTEM_CLOCK, Clock
+
 from .base import Database
-from .models import TokenCalibration, utcnow
+from .models import TokenCalibration
 
 # How long this process trusts its copy before reading the table again.
 CALIBRATION_COPY_S = 5.0
@@ -19,8 +21,9 @@ _ALL = select(_C)
 
 
 class Calibrations:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = database
+        self._clock = clock
         self._rows: dict[str, TokenCalibration] = {}
         self._read_at: float | None = None
 
@@ -39,5 +42,5 @@ class Calibrations:
             samples=(old.samples if old else 0) + 1,
             estimated_tokens=(old.estimated_tokens if old else 0) + estimated,
             reported_tokens=(old.reported_tokens if old else 0) + reported,
-            updated_at=utcnow(),
+            updated_at=self._clock.now(),
         )

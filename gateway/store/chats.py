@@ -11,13 +11,14 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import DuplicateRequest, SessionNotFound
 
 from . import chat_sql as sql
 from .base import Database
 from .calibration import Calibrations
 from .history import HistoryItem, HistoryLoader, HistoryRead
-from .models import ChatSession, Message, TokenCalibration, UsageRecord, utcnow
+from .models import ChatSession, Message, TokenCalibration, UsageRecord
 from .snapshots import Snapshot, Snapshots, StaleSnapshot
 from .upserts import add_calibration, insert_usage_once
 
@@ -48,10 +49,11 @@ def make_title(content: str) -> str:
 
 
 class ChatStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = database
+        self._clock = clock
         self._history = HistoryLoader(database)
-        self._calibrations = Calibrations(database)
+        self._calibrations = Calibrations(database, clock)
         self._snapshots = Snapshots()
 
     def snapshot(self, session_id: str) -> Snapshot | None:
@@ -109,7 +111,7 @@ class ChatStore:
         reply to fill in. `history`: what the turn was assembled from, remembered for the next send once the reply
         is saved. `snapshot_count`: the session's message count in the snapshot it came from; if the session has
         moved on since, nothing is written and StaleSnapshot is raised."""
-        now = utcnow()
+        now = self._clock.now()
         user_id, reply_id = new_id(), new_id()
 
         def work(conn: Connection) -> TurnRows:
@@ -185,7 +187,7 @@ class ChatStore:
         return rows
 
     async def checkpoint(self, message_id: str, content: list[dict[str, Any]], text: str) -> None:
-        params = {"message_id": message_id, "content": content, "text": text, "now": utcnow()}
+        params = {"message_id": message_id, "content": content, "text": text, "now": self._clock.now()}
         await self._db.run(lambda conn: conn.execute(sql.CHECKPOINT, params), write=True)
 
     async def finish_turn(
@@ -202,7 +204,7 @@ class ChatStore:
         calibration: tuple[str, int, int] | None = None,
     ) -> None:
         """The reply, its usage row and the calibration sample land together or not at all."""
-        now = utcnow()
+        now = self._clock.now()
         reply = {
             "message_id": message_id,
             "content": content,
@@ -220,7 +222,7 @@ class ChatStore:
             # calibration sample twice.
             first_time = usage is None or insert_usage_once(conn, usage)
             if calibration is not None and first_time:
-                add_calibration(conn, *calibration)
+                add_calibration(conn, *calibration, now=now)
                 return True
             return False
 
@@ -258,7 +260,7 @@ class ChatStore:
         if message_ids is not None:
             query = query.where(Message.id.in_(message_ids))
         async with self._db.write() as db:
-            result = await db.execute(query.values(status="interrupted", updated_at=utcnow()))
+            result = await db.execute(query.values(status="interrupted", updated_at=self._clock.now()))
             return int(getattr(result, "rowcount", 0) or 0)
 
     async def calibration(self, model: str) -> TokenCalibration | None:

@@ -8,6 +8,7 @@ dialect (building one costs about what running it does).
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam
@@ -15,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from .models import TokenCalibration, UsageRecord, utcnow
+from .models import TokenCalibration, UsageRecord
 
 _U = cast(Table, UsageRecord.__table__)
 _C = cast(Table, TokenCalibration.__table__)
@@ -59,8 +60,8 @@ def insert_usage_once(conn: Connection, record: UsageRecord) -> bool:
     return bool(result.rowcount)
 
 
-def add_calibration(conn: Connection, model: str, estimated: int, reported: int) -> None:
+def add_calibration(conn: Connection, model: str, estimated: int, reported: int, *, now: datetime) -> None:
     """One atomic upsert, incremented in SQL: processes finishing turns of one model at once neither lose a sample
     nor collide on the first insert (UPDATE-then-INSERT would, on PostgreSQL)."""
-    params = {"model": model, "estimated": estimated, "reported": reported, "now": utcnow()}
+    params = {"model": model, "estimated": estimated, "reported": reported, "now": now}
     conn.execute(_calibration(conn.dialect.name), params)
