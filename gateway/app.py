@@ -15,8 +15,10 @@ from gateway.chat.recovery import recover_orphans
 from gateway.chat.services import Services
 from gateway.chat.upstream import Upstream
 from gateway.server.connection import Connection
+from gateway.server.credentials import Credentials
 from gateway.server.handlers import (
     CONNECTIONS,
+    CREDENTIALS,
     METRICS,
     SERVICES,
     SOCKETS,
@@ -65,6 +67,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         services = Services.build(settings, store, locks, metrics=app[METRICS])
         upstream = services.upstream
         app[SERVICES] = services
+        app[CREDENTIALS] = Credentials(settings.token, store.keys)
         # Loading the encoding takes a moment; do it off the loop, before the first inspect pays for it.
         await asyncio.to_thread(services.tokens.warm)
         yield

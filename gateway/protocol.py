@@ -21,7 +21,7 @@ from gateway.errors import GatewayError, InvalidMessage, MessageTooLarge, ParseE
 RequestId = str | int | None
 
 MAX_ID_CHARS: Final = 256
-GROUP_BY: Final = ("model", "day", "session", "agent")
+GROUP_BY: Final = ("model", "day", "session", "agent", "key")
 # Agent ids become folder names under $AGENTSPACE_HOME/agents, so they are checked here, once, for every frame.
 AGENT_ID_PATTERN: Final = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_ID_RULE: Final = (
@@ -75,6 +75,7 @@ SCHEMAS: Final[dict[str, tuple[Field, ...]]] = {
         _text("since", max_len=64),
         _text("until", max_len=64),
         Field("groupBy", str, choices=GROUP_BY),
+        _text("keyName", max_len=64),
     ),
     "session.list": (_AGENT_ID, Field("limit", int, min_value=1, max_value=1_000_000), _text("cursor", max_len=512)),
     "session.history": (

@@ -57,7 +57,21 @@ async def usage_report(
     if group_by is not None:
         groups = list(per_model.items()) if group_by == "model" else await store.usage.grouped(filters, group_by)
         report["groupBy"] = group_by
-        report["groups"] = [{"key": key, **totals_fields(t)} for key, t in groups]
+        if group_by == "key":
+            report["groups"] = await _key_groups(store, groups)
+        else:
+            report["groups"] = [{"key": key, **totals_fields(t)} for key, t in groups]
     # Caps are about the current day and month whatever window was asked for; an agent filter narrows them.
     report["budgets"] = await budgets.status(workspaces, filters.agent_id)
     return report
+
+
+async def _key_groups(store: Store, groups: list[tuple[str, UsageTotals]]) -> list[dict[str, Any]]:
+    """Groups by gateway key, named by the key's name (`keyId` too); "" holds the requests made without a named key
+    (with the single gateway token, or with no credential). Ordered by name."""
+    names = {usage.key.id: usage.key.name for usage in await store.keys.listed()}
+    named = [
+        {"key": names.get(key_id, key_id) if key_id else "", "keyId": key_id or None, **totals_fields(t)}
+        for key_id, t in groups
+    ]
+    return sorted(named, key=lambda group: str(group["key"]))

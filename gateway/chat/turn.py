@@ -16,7 +16,7 @@ from gateway.context.inspection import calibrated, calibration_ratio, estimate_i
 from gateway.protocol import Request, RequestId
 from gateway.store import HistoryItem, TurnRows
 from gateway.store.chats import new_id
-from gateway.store.models import ChatSession, Message
+from gateway.store.models import ApiKey, ChatSession, Message
 from gateway.store.snapshots import StaleSnapshot
 
 from .checkpoints import Checkpointer
@@ -35,9 +35,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Turn:
-    def __init__(self, services: Services, request: Request, send: Send, send_raw: SendRaw) -> None:
+    def __init__(
+        self, services: Services, request: Request, send: Send, send_raw: SendRaw, key: ApiKey | None = None
+    ) -> None:
         self.s = services
         self.request = request
+        self.key = key  # the gateway key the connection authenticated with: its caps apply, its rows name it
         self.send = send
         self.send_raw = send_raw
         self.session_id: str | None = request.get("sessionId")
@@ -132,7 +135,8 @@ class Turn:
         estimate = estimate_input_tokens(await measure(assembled, s.tokens))
         await self._check_window(model, estimate)
         s.upstream.client()  # MISSING_API_KEY before anything is written
-        self._budget = await s.budgets.reserve(workspace, model, estimate, max_tokens)  # BUDGET_EXCEEDED, ditto
+        # BUDGET_EXCEEDED, ditto: the agent's caps and the key's.
+        self._budget = await s.budgets.reserve(workspace, model, estimate, max_tokens, key=self.key)
         if session is None:
             # Locked before its rows exist, so no other process's start-up recovery takes its reply for an orphan.
             new_session_id = new_id()
@@ -147,6 +151,7 @@ class Turn:
                 idempotency_key=key,
                 history=history,
                 snapshot_count=snapshot.session.message_count if snapshot is not None else None,
+                key_id=self.key.id if self.key is not None else None,
             )
         except errors.DuplicateRequest:
             # Another send with this key won the race to the unique index: answer with its state, start nothing.

@@ -125,6 +125,7 @@ def usage_record(
         duration_ms=duration_ms,
         first_token_ms=first_token_ms,
         created_at=sent_at,
+        key_id=rows.key_id,
     )
 
 

@@ -1,4 +1,5 @@
-"""`agentspace token create|remove`: the gateway token clients must present, kept in `$AGENTSPACE_HOME/token`."""
+"""`agentspace token create|remove`: the single gateway token, kept in `$AGENTSPACE_HOME/token`; and, with `--name`,
+`list`, `revoke` and `budget`, named keys (gateway/cli/token_keys.py). Clients may present either."""
 
 from __future__ import annotations
 
@@ -11,18 +12,25 @@ from typing import Any
 
 from gateway.settings import Settings
 
+from . import token_keys
+
 # 32 random bytes: far beyond guessing, and URL-safe so it fits a header, a query string or a config file as is.
 TOKEN_BYTES = 32
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("token", help="manage the gateway token clients must present")
+    parser = sub.add_parser("token", help="manage the gateway token and named keys clients present")
     token_sub = parser.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="generate a token, store it (mode 0600) and print it once")
+    create = token_sub.add_parser(
+        "create", help="generate the gateway token (stored mode 0600), or with --name a named key; printed once"
+    )
+    create.add_argument("--name", help="make a named key instead, stored hashed, with its own usage and caps")
+    token_keys.add_cap_options(create)
     create.add_argument("--force", action="store_true", help="replace an existing token (old clients stop working)")
     create.set_defaults(handler=create_token)
     remove = token_sub.add_parser("remove", help="delete the stored token")
     remove.set_defaults(handler=remove_token)
+    token_keys.register(token_sub)
 
 
 def write_token(path: Path, token: str) -> None:
@@ -37,6 +45,11 @@ def write_token(path: Path, token: str) -> None:
 
 
 def create_token(args: argparse.Namespace) -> int:
+    if getattr(args, "name", None) is not None:
+        return token_keys.create_named(args)
+    if getattr(args, "daily_usd", None) is not None or getattr(args, "monthly_usd", None) is not None:
+        print("agentspace: caps belong to named keys: add --name NAME", file=sys.stderr)
+        return 2
     settings = Settings.from_env()
     path = settings.token_path
     if path.exists() and not args.force:

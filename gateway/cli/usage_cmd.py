@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -37,6 +38,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--until", help=f"up to this moment, exclusive: {when}")
     parser.add_argument("--by", choices=GROUP_BY, default="model", help="one row per model (default), day, ...")
     parser.add_argument("--agent", help="only this agent's usage (and budget)")
+    parser.add_argument("--key", metavar="NAME", help="only the usage of this gateway key (agentspace token list)")
     parser.add_argument("--model", help="only this model")
     parser.add_argument("--session", help="only this session")
     parser.add_argument("--json", action="store_true", help="print the usage.report frame instead of a table")
@@ -71,12 +73,14 @@ def run(args: argparse.Namespace) -> int:
         since=parse_when(args.since, now),
         until=parse_when(args.until, now),
     )
-    report = asyncio.run(_report(settings, filters, args.by))
-    print(dump(report) if args.json else format_report(report, filters))
+    report = asyncio.run(_report(settings, filters, args.by, getattr(args, "key", None)))
+    print(dump(report) if args.json else format_report(report, filters, getattr(args, "key", None)))
     return 0
 
 
-async def _report(settings: Settings, filters: UsageFilters, group_by: str) -> dict[str, Any]:
+async def _report(
+    settings: Settings, filters: UsageFilters, group_by: str, key_name: str | None = None
+) -> dict[str, Any]:
     from gateway.billing.budgets import BudgetGuard
     from gateway.billing.prices import PriceBook
     from gateway.billing.reports import usage_report
@@ -88,6 +92,11 @@ async def _report(settings: Settings, filters: UsageFilters, group_by: str) -> d
     try:
         await upgrade_to_head(engine)  # as the gateway does at start; a no-op when it already ran
         store = Store(Database(engine, make_sessionmaker(engine)), settings.clock)
+        if key_name is not None:
+            key = await store.keys.by_name(key_name)
+            if key is None:
+                raise ValueError(f"no gateway key is named {key_name!r} (see agentspace token list)")
+            filters = dataclasses.replace(filters, key_id=key.id)
         prices = PriceBook.load(settings.prices_path)
         # A fresh guard: this process has nothing in flight, so budgets show spend recorded in the database.
         budgets = BudgetGuard(store, prices)
@@ -105,11 +114,11 @@ def usd(value: float | None) -> str:
     return format(Decimal(repr(value)).quantize(_MICRO), "f")
 
 
-def format_report(report: dict[str, Any], filters: UsageFilters) -> str:
+def format_report(report: dict[str, Any], filters: UsageFilters, key_name: str | None = None) -> str:
     group_by = report["groupBy"]
     header = [group_by, *(name for name, _ in _COUNTS), "cost USD", "saved USD"]
-    rows = [_row(group["key"], group) for group in report["groups"]]
-    lines = [_window(filters), ""]
+    rows = [_row(group["key"] or "(no key)", group) for group in report["groups"]]
+    lines = [_window(filters, key_name), ""]
     if rows:
         lines += _table(header, [*rows, _row("total", report["grandTotal"])], total_line=True)
     else:
@@ -126,14 +135,11 @@ def _row(key: str, totals: dict[str, Any]) -> list[str]:
     return [key, *(f"{totals[field]:,}" for _, field in _COUNTS), usd(totals["totalCost"]), usd(totals["savedCost"])]
 
 
-def _window(filters: UsageFilters) -> str:
+def _window(filters: UsageFilters, key_name: str | None = None) -> str:
     since = iso(filters.since) if filters.since else "the beginning"
     until = iso(filters.until) if filters.until else "now"
-    scope = [
-        f"{name} {value}"
-        for name, value in (("agent", filters.agent_id), ("model", filters.model), ("session", filters.session_id))
-        if value
-    ]
+    named = (("agent", filters.agent_id), ("model", filters.model), ("session", filters.session_id), ("key", key_name))
+    scope = [f"{name} {value}" for name, value in named if value]
     return f"usage from {since} to {until}" + (f" ({', '.join(scope)})" if scope else "")
 
 
@@ -145,7 +151,7 @@ def _budgets(caps: list[dict[str, Any]]) -> list[str]:
             continue
         rows.append(
             [
-                cap["agentId"],
+                cap["agentId"] if "agentId" in cap else f"key {cap['keyName']}",
                 cap["period"],
                 usd(cap["capUsd"]),
                 usd(cap["spentUsd"]),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,8 +14,12 @@ from gateway import errors
 from gateway.chat.services import Services
 from gateway.chat.turn import Turn
 from gateway.protocol import Request, dump, error_frame, parse_frame
+from gateway.store.models import ApiKey
 
 from . import queries
+from .credentials import Credentials, token_ok
+
+__all__ = ["Connection", "token_ok"]  # token_ok: where tests and older callers import it from
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +32,6 @@ QUERIES: dict[str, Query] = {
     "usage.query": queries.usage_query,
     "context.inspect": queries.context_inspect,
 }
-
-
-def token_ok(expected: str | None, given: str | None) -> bool:
-    """Constant-time, so response timing reveals nothing about how much of a guess was right."""
-    if expected is None:
-        return True
-    if given is None:
-        return False
-    # surrogatepass: a header with undecodable bytes must be a plain mismatch, not an exception.
-    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def with_request_id(frame: dict[str, Any]) -> dict[str, Any]:
@@ -75,10 +68,20 @@ def _too_fast() -> errors.RateLimited:
 
 
 class Connection:
-    def __init__(self, ws: web.WebSocketResponse, services: Services, *, authenticated: bool) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        services: Services,
+        *,
+        authenticated: bool,
+        credentials: Credentials | None = None,
+        key: ApiKey | None = None,
+    ) -> None:
         self.ws = ws
         self.s = services
         self.authenticated = authenticated
+        self.credentials = credentials or Credentials(services.settings.token, services.store.keys)
+        self.key = key  # the named gateway key this connection authenticated with, if any
         self.gone = False
         self.turn: Turn | None = None
         self.turn_task: asyncio.Task[None] | None = None
@@ -136,9 +139,11 @@ class Connection:
             await self.send({"type": reply["type"], "id": request.id, **reply})
 
     async def _auth(self, request: Request) -> None:
-        if not token_ok(self.s.settings.token, request.get("token")):
-            raise errors.Unauthorized("wrong gateway token")
+        verdict = await self.credentials.check(request.get("token"))
+        if not verdict.accepted:
+            raise errors.Unauthorized(verdict.reason)
         self.authenticated = True
+        self.key = verdict.key or self.key
         await self.send({"type": "auth.ok", "id": request.id})
 
     def _start_turn(self, request: Request) -> None:
@@ -149,7 +154,7 @@ class Connection:
                 "a reply is already streaming on this connection; wait for it or send chat.cancel",
                 sessionId=self.turn.session_id,
             )
-        self.turn = Turn(self.s, request, self.send, self.send_raw)
+        self.turn = Turn(self.s, request, self.send, self.send_raw, self.key)
         self.turn_task = asyncio.create_task(self.turn.run(), name=f"turn-{request.id}")
         self.s.active_turns.add(self)
 

@@ -16,7 +16,8 @@ from gateway.chat.metrics import Metrics
 from gateway.chat.services import Services
 from gateway.protocol import error_frame
 
-from .connection import Connection, token_ok
+from .connection import Connection
+from .credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ SERVICES = web.AppKey("services", Services)
 SOCKETS = web.AppKey[weakref.WeakSet[web.WebSocketResponse]]("sockets")
 CONNECTIONS = web.AppKey[weakref.WeakSet[Connection]]("connections")
 METRICS = web.AppKey("metrics", Metrics)
+CREDENTIALS = web.AppKey("credentials", Credentials)
 STATIC_DIR = Path(__file__).parent / "static"
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -89,8 +91,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format. Behind the gateway token when one is set (send it as a bearer token)."""
-    if not token_ok(request.app[SERVICES].settings.token, _bearer(request)):
+    """Prometheus text format. Behind the gateway token or a key when the gateway has one (a bearer token)."""
+    verdict = await request.app[CREDENTIALS].check(_bearer(request))
+    if not verdict.accepted:
         raise web.HTTPUnauthorized(text="gateway token required", headers={"WWW-Authenticate": "Bearer"})
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
@@ -116,15 +119,18 @@ async def gateway_ws(request: web.Request) -> web.StreamResponse:
         log.warning("refused a WebSocket upgrade from origin %r", request.headers.get("Origin"))
         raise web.HTTPForbidden(text="origin not allowed")
     header_token = _bearer(request)
-    if header_token is not None and not token_ok(settings.token, header_token):
-        raise web.HTTPUnauthorized(text="wrong gateway token")
+    credentials = request.app[CREDENTIALS]
+    verdict = await credentials.check(header_token) if header_token is not None else None
+    if verdict is not None and not verdict.accepted:
+        raise web.HTTPUnauthorized(text=verdict.reason)
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s or None,
         max_msg_size=read_limit(settings.max_frame_bytes),
     )
     await ws.prepare(request)
-    authenticated = settings.token is None or header_token is not None
-    connection = Connection(ws, services, authenticated=authenticated)
+    authenticated = verdict is not None or not await credentials.required()
+    key = verdict.key if verdict is not None else None
+    connection = Connection(ws, services, authenticated=authenticated, credentials=credentials, key=key)
     request.app[SOCKETS].add(ws)
     request.app[CONNECTIONS].add(connection)
     loop = asyncio.get_running_loop()

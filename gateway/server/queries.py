@@ -88,12 +88,20 @@ async def session_delete(s: Services, req: Request) -> dict[str, Any]:
 
 
 async def usage_query(s: Services, req: Request) -> dict[str, Any]:
+    key_id: str | None = None
+    key_name: str | None = req.get("keyName")
+    if key_name is not None:
+        key = await s.store.keys.by_name(key_name)
+        if key is None:
+            raise errors.InvalidMessage(f"usage.query: no gateway key is named {key_name!r}", field="keyName")
+        key_id = key.id
     filters = UsageFilters(
         session_id=req.get("sessionId"),
         agent_id=req.get("agentId"),
         model=req.get("model"),
         since=parse_time(req.get("since"), "since"),
         until=parse_time(req.get("until"), "until"),
+        key_id=key_id,
     )
     return await usage_report(s.store, filters, req.get("groupBy"), budgets=s.budgets, workspaces=s.workspaces)
 

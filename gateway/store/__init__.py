@@ -11,6 +11,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from .base import Database
 from .chats import ChatStore, TurnRows
 from .history import HistoryItem
+from .keys import KeyStore, KeyUsage
 from .sessions import HistoryPage, SessionPage, SessionStore
 from .usage import UsageFilters, UsageStore, UsageTotals
 
@@ -22,6 +23,7 @@ class Store:
         self.chats = ChatStore(database, clock)
         self.sessions = SessionStore(database)
         self.usage = UsageStore(database)
+        self.keys = KeyStore(database, clock)
 
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "Database",
     "HistoryItem",
     "HistoryPage",
+    "KeyStore",
+    "KeyUsage",
     "SessionPage",
     "SessionStore",
     "Store",

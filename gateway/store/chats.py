@@ -31,6 +31,7 @@ class TurnRows:
     user_message: Message
     assistant_message: Message
     session_created: bool
+    key_id: str | None = None  # the gateway key the turn came with; its usage rows name it
 
 
 def _version(stamp: datetime) -> str:
@@ -106,6 +107,7 @@ class ChatStore:
         idempotency_key: str | None,
         history: list[HistoryItem] | None = None,
         snapshot_count: int | None = None,
+        key_id: str | None = None,
     ) -> TurnRows:
         """One transaction: the session (if `create`, with the id given), the user turn, and an empty `streaming`
         reply to fill in. `history`: what the turn was assembled from, remembered for the next send once the reply
@@ -168,6 +170,7 @@ class ChatStore:
                 user_message=Message(**user),
                 assistant_message=Message(**reply),
                 session_created=create,
+                key_id=key_id,
             )
 
         try:

@@ -66,11 +66,15 @@ class ChatSession(Base):
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # For sessions that stateless HTTP traffic writes: the hash of the conversation as its client will send it next
+    # (docs/HTTP_API.md), so a request extending it finds it in one index lookup. NULL once anything else writes.
+    tail_hash: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         # session.list pages by (updated_at, id) newest first, optionally within one agent.
         Index("ix_sessions_agent_updated", "agent_id", "updated_at", "id"),
         Index("ix_sessions_updated", "updated_at", "id"),
+        Index("ix_sessions_tail_hash", "tail_hash"),
     )
 
 
@@ -138,13 +142,40 @@ class UsageRecord(Base):
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     first_token_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The gateway key (api_keys.id) the request came with; NULL for the single gateway token or no credential.
+    key_id: Mapped[str | None] = mapped_column(String(36))
 
     __table_args__ = (
         Index("ix_usage_records_created_at", "created_at"),
+        Index("ix_usage_records_key_created", "key_id", "created_at"),
         Index("ix_usage_records_model_created", "model", "created_at"),
         Index("ix_usage_records_session_created", "session_id", "created_at"),
         Index("ix_usage_records_agent_created", "agent_id", "created_at"),
         Index("ix_usage_records_upstream_message_id", "upstream_message_id", unique=True),
+    )
+
+
+class ApiKey(Base):
+    """A named gateway key (`agentspace token create --name`). Only its SHA-256 is kept; revoked keys stay, so usage
+    rows keep naming them."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    # The key's first characters, to tell keys apart in a list without showing them.
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    # Spend caps in nano-USD per UTC day and calendar month; NULL: no cap.
+    daily_cap: Mapped[int | None] = mapped_column(BigInteger)
+    monthly_cap: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_api_keys_name", "name", unique=True),
+        Index("ix_api_keys_key_hash", "key_hash", unique=True),
     )
 
 

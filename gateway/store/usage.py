@@ -28,6 +28,7 @@ class UsageFilters:
     model: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    key_id: str | None = None
 
     def clauses(self) -> list[ColumnElement[bool]]:
         out: list[ColumnElement[bool]] = []
@@ -37,6 +38,8 @@ class UsageFilters:
             out.append(U.agent_id == self.agent_id)
         if self.model is not None:
             out.append(U.model == self.model)
+        if self.key_id is not None:
+            out.append(U.key_id == self.key_id)
         if self.since is not None:
             out.append(U.created_at >= self.since)
         if self.until is not None:
@@ -163,21 +166,20 @@ class UsageStore:
     def _raw_key(self, group_by: str) -> Any:
         if group_by == "day":
             return self._day()
-        return {"model": U.model, "session": U.session_id, "agent": U.agent_id}[group_by]
+        return {"model": U.model, "session": U.session_id, "agent": U.agent_id, "key": U.key_id}[group_by]
 
     async def per_model(self, filters: UsageFilters) -> dict[str, UsageTotals]:
         return dict(await self.grouped(filters, "model"))
 
     async def grouped(self, filters: UsageFilters, group_by: str) -> list[tuple[str, UsageTotals]]:
         """Totals per group, ordered by group key. Exactly SQL over `usage_records`; read from the daily rollup
-        wherever whole days allow it, since a session is the only grouping the rollup does not keep."""
-        split = (
-            None if filters.session_id is not None or group_by == "session" else _Split.of(filters.since, filters.until)
-        )
+        wherever whole days allow it (it keeps neither sessions nor keys). Requests without a key group under ""."""
+        raw_only = filters.session_id is not None or filters.key_id is not None or group_by in ("session", "key")
+        split = None if raw_only else _Split.of(filters.since, filters.until)
         query = self._raw_query(filters, group_by) if split is None else self._rollup_query(filters, group_by, split)
         async with self._db.read() as db:
             rows = (await db.execute(query)).all()
-        return [(str(row.group_key), _totals(row)) for row in rows]
+        return [("" if row.group_key is None else str(row.group_key), _totals(row)) for row in rows]
 
     def _raw_query(self, filters: UsageFilters, group_by: str) -> Any:
         key = self._raw_key(group_by).label("group_key")
