@@ -123,12 +123,13 @@ async def gateway_ws(request: web.Request) -> web.StreamResponse:
     verdict = await credentials.check(header_token) if header_token is not None else None
     if verdict is not None and not verdict.accepted:
         raise web.HTTPUnauthorized(text=verdict.reason)
+    # Decided before the upgrade: once prepared, the connection is registered without a pause.
+    authenticated = verdict is not None or not await credentials.required()
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s or None,
         max_msg_size=read_limit(settings.max_frame_bytes),
     )
     await ws.prepare(request)
-    authenticated = verdict is not None or not await credentials.required()
     key = verdict.key if verdict is not None else None
     connection = Connection(ws, services, authenticated=authenticated, credentials=credentials, key=key)
     request.app[SOCKETS].add(ws)

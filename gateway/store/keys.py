@@ -17,10 +17,10 @@ from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from .base import Database
-from .chats import new_id
 from gateway.clock import SYSTEM_CLOCK, Clock
 
+from .base import Database
+from .chats import new_id
 from .models import ApiKey, UsageRecord
 
 KEY_PREFIX = "asg_"  # AgentSpace Gateway; tells a named key from the single token at a glance
@@ -122,7 +122,8 @@ class KeyStore:
 
     async def revoke(self, name: str) -> bool:
         """Revoke an active key; False when no active key has that name. The row stays: usage rows name it."""
-        query = update(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)).values(revoked_at=self._clock.now())
+        active = (ApiKey.name == name) & ApiKey.revoked_at.is_(None)
+        query = update(ApiKey).where(active).values(revoked_at=self._clock.now())
         async with self._db.write() as db:
             return bool(getattr(await db.execute(query), "rowcount", 0))
 
