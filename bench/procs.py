@@ -199,6 +199,9 @@ def gateway_env(home: Path, upstream_url: str, db_url: str | None) -> dict[str, 
         # limiter's code path (and its cost) in the measurement without refusing anything.
         "AGENTSPACE_FRAMES_PER_SECOND": "1000000",
         "AGENTSPACE_FRAME_BURST": "1000000",
+        # The idle scenario holds 1,500 sockets, all from 127.0.0.1: beyond the default caps (256 per address).
+        "AGENTSPACE_MAX_CONNECTIONS": "4096",
+        "AGENTSPACE_MAX_CONNECTIONS_PER_ADDRESS": "4096",
     }
     # Nothing from the caller's own gateway setup may leak in: its database, token, or SDK credentials.
     for unwanted in ("AGENTSPACE_DB_URL", "AGENTSPACE_TOKEN", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_PROFILE"):

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import WSCloseCode, web
 
@@ -16,7 +17,11 @@ from gateway.chat.services import Services
 from gateway.chat.upstream import Upstream
 from gateway.server.connection import Connection
 from gateway.server.credentials import Credentials
+from gateway.server.edge import ConnectionCaps, loopback_host_only
+from gateway.server.frame_guard import BufferBudget, check_aiohttp_supports_guard
 from gateway.server.handlers import (
+    BUFFERS,
+    CAPS,
     CONNECTIONS,
     CREDENTIALS,
     METRICS,
@@ -49,14 +54,19 @@ async def _make_locks(settings: Settings, database: Database) -> SessionLocks:
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    settings.home.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    private_home(settings.home)
+    engine = create_engine(
+        settings.db_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
     upstream: Upstream | None = None
     locks: SessionLocks | None = None
     database: Database | None = None
     try:
         await upgrade_to_head(engine)
-        database = Database(engine, make_sessionmaker(engine))
+        database = Database(engine, make_sessionmaker(engine), sqlite_synchronous=settings.sqlite_synchronous)
         for sync_engine in database.sync_engines:
             app[METRICS].watch_engine(sync_engine)
         store = Store(database, settings.clock)
@@ -90,13 +100,30 @@ async def on_shutdown(app: web.Application) -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
 
+def private_home(home: Path) -> None:
+    """The home holds the database, the key vault and the token: created 0700, and a wider one is reported."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = home.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("%s is open to other users (mode %o); `chmod 700 %s` keeps them out of its files", home, mode, home)
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_frame_bytes)
+    check_aiohttp_supports_guard()
+    app = web.Application(
+        client_max_size=settings.max_frame_bytes,
+        middlewares=[loopback_host_only(lambda: app[CREDENTIALS].required())],
+        # aiohttp's keep-alive timer runs from the moment a connection is accepted: a socket that has not completed
+        # a request by then (silent, or dribbling its headers) is closed. It was 75 s (run_app's default).
+        handler_args={"keepalive_timeout": settings.handshake_timeout_s},
+    )
     app[SETTINGS] = settings
     sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
     connections: weakref.WeakSet[Connection] = weakref.WeakSet()
     app[SOCKETS] = sockets
     app[CONNECTIONS] = connections
+    app[CAPS] = ConnectionCaps(settings.max_connections, settings.max_connections_per_address)
+    app[BUFFERS] = BufferBudget(settings.max_buffered_bytes)
     app[METRICS] = Metrics()
     app[METRICS].watch(lambda: len(sockets), lambda: active_streams(connections))
     app.cleanup_ctx.append(services_ctx)

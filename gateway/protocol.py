@@ -17,6 +17,7 @@ from typing import Any, Final
 import orjson
 
 from gateway.errors import GatewayError, InvalidMessage, MessageTooLarge, ParseError
+from gateway.frame_json import FrameTooComplex, load_frame_json
 
 RequestId = str | int | None
 
@@ -152,10 +153,6 @@ def _check_text(where: str, wire: str, value: str) -> None:
         raise InvalidMessage(f"{where} contains a lone UTF-16 surrogate (like \\ud800), not text", field=wire)
 
 
-def _reject_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def request_id_of(raw: Any) -> RequestId:
     """The `id` to echo, or None when it is absent or not a usable id."""
     if isinstance(raw, dict):
@@ -170,8 +167,10 @@ def request_id_of(raw: Any) -> RequestId:
 def parse_frame(text: str, *, max_content_chars: int) -> Request:
     """Parse one client frame. Raises ParseError / InvalidMessage (with `request_id` set in details when known)."""
     try:
-        raw = json.loads(text, parse_constant=_reject_constants)
-    except (ValueError, RecursionError) as exc:
+        raw = load_frame_json(text)
+    except FrameTooComplex as exc:
+        raise InvalidMessage(f"frame is not a frame of this protocol: {exc}") from None
+    except ValueError as exc:
         raise ParseError(f"frame is not valid JSON: {exc}") from None
     rid = request_id_of(raw)
     try:

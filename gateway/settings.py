@@ -14,6 +14,11 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant."
 DEFAULT_AGENT = "default"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3271
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
+# A gateway token (or a named key) must be at least this long and this varied: a guard against accidents ("secret",
+# "1234"), not a strength meter. `agentspace token create` makes 43 characters of 32 random bytes.
+MIN_TOKEN_CHARS = 32
+MIN_TOKEN_DISTINCT_CHARS = 10
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -34,6 +39,24 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or choices[0]).upper()
+    if raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {env.get(name)!r}")
+    return raw
+
+
+def token_problem(token: str) -> str | None:
+    """Why a gateway token (or a named key) is too weak to use, or None. One rule for every secret clients present."""
+    if len(token) < MIN_TOKEN_CHARS:
+        return f"it has {len(token)} characters; at least {MIN_TOKEN_CHARS} are required"
+    if len(set(token)) < MIN_TOKEN_DISTINCT_CHARS:
+        return f"it uses only {len(set(token))} different characters; at least {MIN_TOKEN_DISTINCT_CHARS} are required"
+    if not token.isprintable() or any(c.isspace() for c in token):
+        return "it holds spaces or control characters"
+    return None
 
 
 @dataclass(frozen=True)
@@ -58,8 +81,19 @@ class Settings:
     max_frame_bytes: int = 4 * 1024 * 1024
     max_content_chars: int = 1_000_000
     max_sessions_per_page: int = 200
+    # Pipelined frames (sent before the answers to earlier ones) draw on these; a client that waits is never limited.
     frames_per_second: float = 50.0
     frame_burst: int = 100
+    # Every frame's bytes draw on these; a connection in debt is not read until it is repaid (pacing.py).
+    bytes_per_second: int = 8 * 1024 * 1024
+    byte_burst: int = 16 * 1024 * 1024
+    # The edge: what an unauthenticated socket may send, how many sockets, how much unread data in all, how long.
+    preauth_bytes: int = 8192
+    max_connections: int = 1024
+    max_connections_per_address: int = 256
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    handshake_timeout_s: float = 10.0
+    frame_timeout_s: float = 30.0
     heartbeat_s: float = 30.0
     # What happens to a running stream whose client disconnects: "cancel" or "finish".
     on_disconnect: str = "cancel"
@@ -68,6 +102,9 @@ class Settings:
     token: str | None = None
     allowed_origins: tuple[str, ...] = ()
     auth_timeout_s: float = 5.0
+    # FULL: a commit is on disk before it is acknowledged (power loss loses nothing committed). NORMAL: faster; under
+    # WAL a power loss may drop the last commits, never corrupts.
+    sqlite_synchronous: str = "FULL"
     db_pool_size: int = 5
     db_max_overflow: int = 5
     log_format: str = "text"
@@ -129,12 +166,21 @@ class Settings:
             max_sessions_per_page=_int(env, "AGENTSPACE_MAX_SESSIONS_PER_PAGE", 200),
             frames_per_second=_float(env, "AGENTSPACE_FRAMES_PER_SECOND", 50.0),
             frame_burst=_int(env, "AGENTSPACE_FRAME_BURST", 100),
+            bytes_per_second=_int(env, "AGENTSPACE_BYTES_PER_SECOND", 8 * 1024 * 1024),
+            byte_burst=_int(env, "AGENTSPACE_BYTE_BURST", 16 * 1024 * 1024),
+            preauth_bytes=_int(env, "AGENTSPACE_PREAUTH_BYTES", 8192),
+            max_connections=_int(env, "AGENTSPACE_MAX_CONNECTIONS", 1024),
+            max_connections_per_address=_int(env, "AGENTSPACE_MAX_CONNECTIONS_PER_ADDRESS", 256),
+            max_buffered_bytes=_int(env, "AGENTSPACE_MAX_BUFFERED_BYTES", 64 * 1024 * 1024),
+            handshake_timeout_s=_float(env, "AGENTSPACE_HANDSHAKE_TIMEOUT_S", 10.0),
+            frame_timeout_s=_float(env, "AGENTSPACE_FRAME_TIMEOUT_S", 30.0),
             heartbeat_s=_float(env, "AGENTSPACE_HEARTBEAT_S", 30.0),
             on_disconnect=env.get("AGENTSPACE_ON_DISCONNECT") or "cancel",
             checkpoint_interval_s=_float(env, "AGENTSPACE_CHECKPOINT_INTERVAL_S", 1.0),
             token=env.get("AGENTSPACE_TOKEN") or read_token_file(home / "token"),
             allowed_origins=origins,
             auth_timeout_s=_float(env, "AGENTSPACE_AUTH_TIMEOUT_S", 5.0),
+            sqlite_synchronous=_choice(env, "AGENTSPACE_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS),
             db_pool_size=_int(env, "AGENTSPACE_DB_POOL_SIZE", 5),
             db_max_overflow=_int(env, "AGENTSPACE_DB_MAX_OVERFLOW", 5),
             log_format=env.get("AGENTSPACE_LOG_FORMAT") or "text",

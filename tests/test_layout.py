@@ -29,6 +29,7 @@ LAYERS = {
     "gateway.errors": 0,
     "gateway.protocol": 0,
     "gateway.confine": 0,
+    "gateway.frame_json": 0,
 }
 MAX_LINES = 300
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -54,11 +55,42 @@ def test_eviction_bounds_the_cache() -> None:
     assert counter.cache_info() == (1, 4)
 
 
-def test_char_budget_skips_huge_strings() -> None:
-    counter = TokenCounter(max_chars=10)
-    counter.count("x" * 11)
-    counter.count("x" * 11)
+def test_byte_budget_skips_huge_strings() -> None:
+    counter = TokenCounter(max_bytes=400)
+    counter.count("x" * 100)  # ~150 bytes as a Python string: more than a quarter of the budget
+    counter.count("x" * 100)
     assert counter.cache_info() == (0, 2)
+
+
+def test_the_cache_is_bounded_in_bytes_not_characters() -> None:
+    """Issue 14: bounded by characters, emoji drafts (4 bytes a character in memory) held 4x the intended memory."""
+    budget = 1024 * 1024
+    counter = TokenCounter(max_bytes=budget)
+    for n in range(400):
+        counter.count(f"{n}" + "😀" * 5000)  # 20 KB each in memory, 5,001 characters
+    assert counter.cached_bytes <= budget
+    assert counter.cached_bytes > budget // 2  # and it is used, not merely emptied
+
+
+async def test_a_long_draft_is_counted_off_the_event_loop() -> None:
+    """Issue 14: a 1 MB draft without spaces held the loop for 450 ms in the tokenizer. Now the loop keeps turning."""
+    counter = TokenCounter()
+    counter.warm()
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    tokens = await counter.count_async("a" * 300_000)
+    stop.set()
+    await ticker
+    assert tokens == counter.count("a" * 300_000) > 0
+    assert ticks > 10  # the loop ran other work while the tokenizer did
 
 
 def test_recounting_a_long_session_is_fast() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -13,11 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway.server.logs import setup_logging
-from gateway.settings import Settings
+from gateway.settings import Settings, token_problem
 
 from . import runtime_file
-
-MIN_TOKEN_CHARS = 16
 
 
 def register(sub: Any) -> None:
@@ -68,13 +67,18 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    weakness = token_problem(settings.token) if settings.token is not None else None
+    if weakness is not None:
+        # A short token is guessed across connections (the attempts are not limited per address).
+        print(
+            f"agentspace: the gateway token is too weak: {weakness}; `agentspace token create` makes a strong one",
+            file=sys.stderr,
+        )
+        return 2
+    # Everything this process creates (the database, its WAL, anything else) is for its owner only.
+    os.umask(0o077)
     setup_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("gateway")
-    if settings.token is not None and len(settings.token) < MIN_TOKEN_CHARS:
-        log.warning(
-            "the gateway token is shorter than %d characters; `agentspace token create` makes a strong one",
-            MIN_TOKEN_CHARS,
-        )
     try:
         # Bound here, not by run_app, so the discovery file can name the port actually listened on (also for 0).
         sock = _listen(settings.host, settings.port)

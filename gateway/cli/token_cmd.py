@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import Settings
+from gateway.settings import Settings, token_problem
 
 from . import token_keys
 
@@ -56,6 +56,8 @@ def create_token(args: argparse.Namespace) -> int:
         print(f"agentspace: a token already exists in {path}; use --force to replace it", file=sys.stderr)
         return 1
     token = secrets.token_urlsafe(TOKEN_BYTES)
+    while token_problem(token) is not None:  # 43 characters of 32 random bytes: in practice never taken twice
+        token = secrets.token_urlsafe(TOKEN_BYTES)
     write_token(path, token)
     # Printed once, here, so the user can hand it to clients; it is never logged or shown again.
     print(token)

@@ -34,10 +34,10 @@ async def section_size(section: Section, counter: TokenCounter) -> tuple[int, in
     if not content:
         return 0, 0
     if isinstance(content, str):
-        return utf8_len(content), counter.count(content)
+        return utf8_len(content), await counter.count_async(content)
     if section.item_keys:
         return await _turns_size(content, section.item_keys, counter)
-    tokens, size = counter.measure_json(content)
+    tokens, size = await counter.measure_json_async(content)
     return size, tokens
 
 
@@ -52,7 +52,7 @@ async def _turns_size(turns: list[Any], keys: Sequence[Hashable | None], counter
     total_tokens = 0
     deadline = time.perf_counter() + YIELD_EVERY_S
     for turn, key in zip(turns, keys, strict=True):
-        tokens, size = counter.measure_json(turn, key)
+        tokens, size = await counter.measure_json_async(turn, key)
         total_bytes += size
         total_tokens += tokens
         if time.perf_counter() > deadline:

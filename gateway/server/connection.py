@@ -1,10 +1,9 @@
-"""Per-socket state: the one writer, the frame rate budget, the running turn, and request dispatch."""
+"""Per-socket state: authentication, the one writer, pacing of pipelined frames, the running turn, and dispatch."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,11 +12,13 @@ from aiohttp import web
 from gateway import errors
 from gateway.chat.services import Services
 from gateway.chat.turn import Turn
-from gateway.protocol import Request, dump, error_frame, parse_frame
+from gateway.protocol import Request, RequestId, dump, error_frame, parse_frame
 from gateway.store.models import ApiKey
 
 from . import queries
 from .credentials import Credentials, token_ok
+from .frame_guard import Arrival, FrameGuard
+from .pacing import Pacer
 
 __all__ = ["Connection", "token_ok"]  # token_ok: where tests and older callers import it from
 
@@ -42,29 +43,16 @@ def with_request_id(frame: dict[str, Any]) -> dict[str, Any]:
     return frame
 
 
-class TokenBucket:
-    """Frames per second with a burst allowance; refilled lazily on each frame, so idle sockets cost nothing."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.capacity = float(burst)
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        if self.rate <= 0:
-            return True
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+# A refused frame is read only when this small (for its `id`, and to let `chat.cancel` through): reading a large one
+# would spend what refusing it is meant to save.
+PEEK_CHARS = 64 * 1024
 
 
-def _too_fast() -> errors.RateLimited:
-    return errors.RateLimited("too many frames; slow down")
+def _too_fast(wait_s: float) -> errors.RateLimited:
+    return errors.RateLimited(
+        "too many requests sent before their answers; wait for answers, or retry after retryAfter seconds",
+        retryAfter=round(wait_s + 0.0005, 3),
+    )
 
 
 class Connection:
@@ -76,6 +64,7 @@ class Connection:
         authenticated: bool,
         credentials: Credentials | None = None,
         key: ApiKey | None = None,
+        guard: FrameGuard | None = None,
     ) -> None:
         self.ws = ws
         self.s = services
@@ -85,8 +74,12 @@ class Connection:
         self.gone = False
         self.turn: Turn | None = None
         self.turn_task: asyncio.Task[None] | None = None
+        self._guard = guard
         self._write_lock = asyncio.Lock()
-        self._bucket = TokenBucket(services.settings.frames_per_second, services.settings.frame_burst)
+        settings = services.settings
+        self._pacer = Pacer(
+            settings.frames_per_second, settings.frame_burst, settings.bytes_per_second, settings.byte_burst
+        )
 
     async def send(self, frame: dict[str, Any]) -> None:
         await self.send_raw(dump(with_request_id(frame)))
@@ -103,16 +96,36 @@ class Connection:
             log.debug("write to closed connection: %s", exc)
             self.gone = True
 
+    async def handle_frame(self, data: str | bytes, arrival: Arrival) -> None:
+        """One data frame, as the socket delivered it; `arrival` is what the frame guard saw of it."""
+        if not self.authenticated:
+            await self._first_frame(data)
+            return
+        try:
+            await self._handle_paced(data, arrival)
+        finally:
+            pause = self._pacer.pause_after(arrival)
+        if pause > 0:
+            # Not read meanwhile: the client's own socket fills and TCP slows it (see pacing.py).
+            await asyncio.sleep(pause)
+
+    async def _handle_paced(self, data: str | bytes, arrival: Arrival) -> None:
+        wait = self._pacer.admit(arrival)
+        if wait is not None:
+            await self._refuse(data, wait)
+        elif arrival.size > self.s.settings.max_frame_bytes:
+            too_large = f"frame is {arrival.size} bytes; the limit is {self.s.settings.max_frame_bytes}"
+            await self.send(error_frame(errors.MessageTooLarge(too_large), None))
+        elif isinstance(data, bytes):
+            await self.send(error_frame(errors.InvalidMessage("binary frames are not accepted; send JSON text"), None))
+        else:
+            await self.handle_text(data)
+
     async def handle_text(self, text: str) -> None:
-        # Parsed before the rate check so that even a refused frame's answer echoes its `id` (clients match on it).
         try:
             request = parse_frame(text, max_content_chars=self.s.settings.max_content_chars)
         except errors.GatewayError as exc:
-            rid = exc.details.get("request_id")
-            await self.send(error_frame(exc if self._bucket.take() else _too_fast(), rid))
-            return
-        if not self._bucket.take():
-            await self.send(error_frame(_too_fast(), request.id))
+            await self.send(error_frame(exc, exc.details.get("request_id")))
             return
         try:
             await self.dispatch(request)
@@ -121,6 +134,39 @@ class Connection:
         except Exception as exc:
             log.exception("request %s failed", request.type)
             await self.send(error_frame(errors.InternalError(f"internal error: {type(exc).__name__}"), request.id))
+
+    async def _refuse(self, data: str | bytes, wait_s: float) -> None:
+        """A pipelined frame over the budget: answered unread, unless it is a small `chat.cancel`."""
+        rid: RequestId = None
+        if isinstance(data, str) and len(data) <= PEEK_CHARS:
+            try:
+                request = parse_frame(data, max_content_chars=self.s.settings.max_content_chars)
+            except errors.GatewayError as exc:
+                rid = exc.details.get("request_id")
+            else:
+                if request.type == "chat.cancel":
+                    await self.handle_text(data)  # always accepted: stopping spend must never wait
+                    return
+                rid = request.id
+        await self.send(error_frame(_too_fast(wait_s), rid))
+
+    async def _first_frame(self, data: str | bytes) -> None:
+        """Before authentication exactly one frame is read, and anything but a good `auth` is UNAUTHORIZED."""
+        rid: RequestId = None
+        try:
+            if isinstance(data, bytes):
+                raise errors.Unauthorized("the first frame must be an `auth` frame (JSON text)")
+            request = parse_frame(data, max_content_chars=self.s.settings.max_content_chars)
+            rid = request.id
+            if request.type != "auth":
+                raise errors.Unauthorized("send an `auth` frame with the gateway token first")
+            await self._auth(request)
+        except errors.Unauthorized as exc:
+            await self.send(error_frame(exc, rid))
+        except errors.GatewayError as exc:
+            rid = exc.details.get("request_id")
+            refused = errors.Unauthorized(f"the first frame must be a valid `auth` frame; this one: {exc.message}")
+            await self.send(error_frame(refused, rid))
 
     async def dispatch(self, request: Request) -> None:
         if request.type == "auth":
@@ -143,6 +189,8 @@ class Connection:
         if not verdict.accepted:
             raise errors.Unauthorized(verdict.reason)
         self.authenticated = True
+        if self._guard is not None:
+            self._guard.authenticated = True  # from now on frames up to the full size are read
         self.key = verdict.key or self.key
         await self.send({"type": "auth.ok", "id": request.id})
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from gateway import errors
 from gateway.chat.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.chat.metrics import Metrics
 from gateway.chat.services import Services
-from gateway.protocol import error_frame
 
 from .connection import Connection
 from .credentials import Credentials
+from .edge import ConnectionCaps, is_loopback_name
+from .frame_guard import BufferBudget, FrameGuard, GuardedWebSocketResponse, GuardLimits
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,12 @@ SOCKETS = web.AppKey[weakref.WeakSet[web.WebSocketResponse]]("sockets")
 CONNECTIONS = web.AppKey[weakref.WeakSet[Connection]]("connections")
 METRICS = web.AppKey("metrics", Metrics)
 CREDENTIALS = web.AppKey("credentials", Credentials)
+# How long a close waits for the peer's own close frame: a peer that never answers (an attacker, a dead link) must
+# not hold its socket 10 s more (aiohttp's default) after the gateway has decided to close it.
+CLOSE_WAIT_S = 2.0
+CAPS = web.AppKey("connection_caps", ConnectionCaps)
+BUFFERS = web.AppKey("buffer_budget", BufferBudget)
 STATIC_DIR = Path(__file__).parent / "static"
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -49,27 +52,13 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...], *, has_token:
         return False
     # The gateway's own origin. Without a token, also insist the page was loaded by a loopback name: a rebound DNS
     # name (evil.example -> 127.0.0.1) makes a hostile page look same-origin, but its Host header gives it away.
-    return has_token or _is_loopback_name(request.host)
-
-
-def _is_loopback_name(host: str) -> bool:
-    name = host[: host.find("]") + 1] if host.startswith("[") else host.rsplit(":", 1)[0]
-    return name.lower() in LOOPBACK_HOSTS
+    return has_token or is_loopback_name(request.host)
 
 
 def read_limit(max_frame_bytes: int) -> int:
     """What aiohttp may read of one frame. A bit above our own limit, so a frame slightly too large still gets an
     error frame from us (and the connection lives on); beyond this aiohttp closes the socket with 1009."""
     return max_frame_bytes + max(64 * 1024, max_frame_bytes // 4)
-
-
-def frame_too_large(data: str | bytes, limit: int) -> errors.MessageTooLarge | None:
-    if len(data) * 4 <= limit:  # a str of n characters is at most 4n UTF-8 bytes: the common case costs nothing
-        return None
-    size = len(data.encode() if isinstance(data, str) else data)
-    if size <= limit:
-        return None
-    return errors.MessageTooLarge(f"frame is {size} bytes; the limit is {limit}")
 
 
 def active_streams(connections: Iterable[Connection]) -> int:
@@ -125,49 +114,68 @@ async def gateway_ws(request: web.Request) -> web.StreamResponse:
         raise web.HTTPUnauthorized(text=verdict.reason)
     # Decided before the upgrade: once prepared, the connection is registered without a pause.
     authenticated = verdict is not None or not await credentials.required()
-    ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat_s or None,
-        max_msg_size=read_limit(settings.max_frame_bytes),
-    )
-    await ws.prepare(request)
-    key = verdict.key if verdict is not None else None
-    connection = Connection(ws, services, authenticated=authenticated, credentials=credentials, key=key)
-    request.app[SOCKETS].add(ws)
-    request.app[CONNECTIONS].add(connection)
-    loop = asyncio.get_running_loop()
-    auth_deadline = None if authenticated else loop.time() + settings.auth_timeout_s
+    address = request.remote or "unknown"
+    caps = request.app[CAPS]
+    caps.take(address)  # 503 or 429 beyond the caps, before any WebSocket exists
     try:
-        while True:
-            timeout = None
-            if auth_deadline is not None and not connection.authenticated:
-                # Never 0: aiohttp reads a zero timeout as "no timeout".
-                timeout = max(0.001, auth_deadline - loop.time())
-            try:
-                msg = await ws.receive(timeout=timeout)
-            except TimeoutError:
-                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"authentication required")
-                break
-            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                too_large = frame_too_large(msg.data, settings.max_frame_bytes)
-                if too_large is not None:
-                    await connection.send(error_frame(too_large, None))
-                elif msg.type == WSMsgType.TEXT:
-                    await connection.handle_text(msg.data)
-                else:
-                    await connection.send(
-                        error_frame(errors.InvalidMessage("binary frames are not accepted; send JSON text"), None)
-                    )
-                if not connection.authenticated:
-                    # The first frame of an unauthenticated connection must be a good `auth`; anything else ends it.
-                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"authentication required")
-                    break
-            elif msg.type == WSMsgType.ERROR:
-                # aiohttp has already closed the socket (1009 for a frame beyond read_limit, 1006 for a dead peer).
-                log.info("socket closed on error: %s", ws.exception() or msg.data)
-                break
-            else:  # CLOSE, CLOSING, CLOSED
-                break
+        limits = GuardLimits(settings.preauth_bytes, read_limit(settings.max_frame_bytes), settings.frame_timeout_s)
+        ws = GuardedWebSocketResponse(
+            budget=request.app[BUFFERS],
+            limits=limits,
+            authenticated=authenticated,
+            heartbeat=settings.heartbeat_s or None,
+            timeout=CLOSE_WAIT_S,
+            # No permessage-deflate: a compressed frame's header says nothing of what it inflates to, and the guard
+            # judges frames by their headers.
+            compress=False,
+        )
+        await ws.prepare(request)
+        assert ws.guard is not None
+        key = verdict.key if verdict is not None else None
+        connection = Connection(
+            ws, services, authenticated=authenticated, credentials=credentials, key=key, guard=ws.guard
+        )
+        request.app[SOCKETS].add(ws)
+        request.app[CONNECTIONS].add(connection)
+        try:
+            await _serve(ws, ws.guard, connection, settings.auth_timeout_s)
+        finally:
+            ws.guard.close()
+            await connection.close()
+            request.app[SOCKETS].discard(ws)
     finally:
-        await connection.close()
-        request.app[SOCKETS].discard(ws)
+        caps.give(address)
     return ws
+
+
+async def _serve(ws: web.WebSocketResponse, guard: FrameGuard, connection: Connection, auth_timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    auth_deadline = None if connection.authenticated else loop.time() + auth_timeout_s
+    while True:
+        timeout = None
+        if auth_deadline is not None and not connection.authenticated:
+            # Never 0: aiohttp reads a zero timeout as "no timeout".
+            timeout = max(0.001, auth_deadline - loop.time())
+        try:
+            msg = await ws.receive(timeout=timeout)
+        except TimeoutError:
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"authentication required")
+            return
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            arrival = guard.next_arrival()
+            try:
+                await connection.handle_frame(msg.data, arrival)
+            finally:
+                guard.done(arrival)
+            if not connection.authenticated:
+                # The first frame of an unauthenticated connection must be a good `auth`; anything else ends it.
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"authentication required")
+                return
+        elif msg.type == WSMsgType.ERROR:
+            # aiohttp or the frame guard has closed the socket: 1009 for a frame over the limit (or anything over a
+            # few KB before auth), 1013 when the gateway holds too much unread data, 1008 for a frame not completed
+            # in time, 1006 for a dead peer.
+            log.info("socket closed on error: %s", ws.exception() or msg.data)
+            return
+        else:  # CLOSE, CLOSING, CLOSED
+            return

@@ -27,7 +27,9 @@ T = TypeVar("T")
 
 
 class Database:
-    def __init__(self, engine: AsyncEngine, sessionmaker: async_sessionmaker[DbSession]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, sessionmaker: async_sessionmaker[DbSession], *, sqlite_synchronous: str = "FULL"
+    ) -> None:
         self.engine = engine
         self.sessionmaker = sessionmaker
         self.dialect = engine.dialect.name
@@ -36,9 +38,8 @@ class Database:
         database = engine.url.database
         # A file database gets threads of its own; ":memory:" is one connection's private database, so it stays on
         # the async engine's.
-        self._threads: SqliteThreads | None = (
-            SqliteThreads(engine.url) if self.dialect == "sqlite" and database and database != ":memory:" else None
-        )
+        on_file = self.dialect == "sqlite" and bool(database) and database != ":memory:"
+        self._threads: SqliteThreads | None = SqliteThreads(engine.url, sqlite_synchronous) if on_file else None
 
     @property
     def sync_engines(self) -> list[Engine]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
+
+from gateway.settings import SQLITE_SYNCHRONOUS
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +52,22 @@ def migrations_dir() -> Path:
     return Path(migrations.__file__).parent
 
 
-def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    # Under WAL, NORMAL may lose the last commits on power loss but never corrupts; the usual trade.
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def sqlite_pragmas_for(synchronous: str) -> Callable[[Any, Any], None]:
+    """The connect hook for SQLite. `synchronous` (docs/SECURITY.md): FULL (the default) syncs the WAL on every
+    commit, so what was acknowledged survives a power loss; NORMAL syncs only at checkpoints, so a power loss may drop
+    the last commits (never corrupting the file): faster, and the usual trade for caches, not for a ledger."""
+    if synchronous not in SQLITE_SYNCHRONOUS:
+        raise ValueError(f"synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}, got {synchronous!r}")
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.close()
+
+    return pragmas
 
 
 def json_loads(text: str | bytes) -> Any:
@@ -67,14 +79,16 @@ def json_loads(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-def create_engine(db_url: str, *, pool_size: int = 5, max_overflow: int = 5) -> AsyncEngine:
+def create_engine(
+    db_url: str, *, pool_size: int = 5, max_overflow: int = 5, sqlite_synchronous: str = "FULL"
+) -> AsyncEngine:
     url = make_url(db_url)
     if url.get_backend_name() == "sqlite":
         database = url.database
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            private_file(Path(database).expanduser())
         engine = create_async_engine(url, connect_args={"timeout": 10}, json_deserializer=json_loads)
-        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas_for(sqlite_synchronous))
         return engine
     return create_async_engine(
         url,
@@ -87,6 +101,20 @@ def create_engine(db_url: str, *, pool_size: int = 5, max_overflow: int = 5) -> 
         pool_timeout=10,
         connect_args=pg_connect_args("agentspace"),
     )
+
+
+def private_file(path: Path) -> None:
+    """Create the database file (and its folder) readable by its owner only, before SQLite does with its 0644;
+    SQLite gives the -wal and -shm files the main file's mode. A wider existing file is left alone, with a warning."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("%s is readable by other users (mode %o); `chmod 600` it", path, mode)
+    except OSError:
+        pass  # a read-only location: SQLite will say what is wrong when it opens the file
 
 
 def is_connectivity_error(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection
 
-from .db import json_loads, sqlite_pragmas
+from .db import json_loads, sqlite_pragmas_for
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ READER_THREADS = 2
 class SqliteThreads:
     """A sync engine on the same file, one writer thread and a few reader threads. Threads start on first use."""
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, synchronous: str = "FULL") -> None:
         self.engine: Engine = create_engine(
             url.set(drivername="sqlite+pysqlite"),
             connect_args={"timeout": 10, "check_same_thread": False},
@@ -38,7 +38,7 @@ class SqliteThreads:
             pool_size=READER_THREADS + 1,
             max_overflow=READER_THREADS + 1,
         )
-        event.listen(self.engine, "connect", sqlite_pragmas)
+        event.listen(self.engine, "connect", sqlite_pragmas_for(synchronous))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
 
