@@ -102,7 +102,7 @@ async def test_connections_are_capped_per_address_and_in_total(gateway_factory: 
     await first.close()
     await _eventually(lambda: gateway.app[CAPS].count == 1)
     third = await gateway.ws()  # the slot came back
-    assert await request(third, {"type": "ping", "id": 1}) == {"type": "pong", "id": 1}
+    assert await request(third, {"type": "ping", "id": 1}) == {"type": "pong", "id": 1, "requestId": 1}
 
     total = await gateway_factory(settings.with_overrides(max_connections_per_address=0, max_connections=1))
     only = await total.ws()
@@ -183,7 +183,7 @@ async def test_a_client_that_waits_for_its_answers_is_never_limited(
     """As measured: a batch job sending each request when the last was answered got RATE_LIMITED above 50/s."""
     ws = await (await gateway_factory(settings.with_overrides(frames_per_second=2, frame_burst=1))).ws()
     for n in range(300):
-        assert await request(ws, {"type": "ping", "id": n}) == {"type": "pong", "id": n}
+        assert await request(ws, {"type": "ping", "id": n}) == {"type": "pong", "id": n, "requestId": n}
 
 
 async def test_pipelined_frames_are_limited_with_retry_after_but_cancel_always_passes(
@@ -212,7 +212,7 @@ async def test_bytes_are_paced_not_refused(gateway_factory: Factory, settings: S
     started = time.monotonic()
     for n in range(4):
         padded = {"type": "ping", "id": n, "pad": "x" * 99_950}
-        assert await request(ws, padded) == {"type": "pong", "id": n}
+        assert await request(ws, padded) == {"type": "pong", "id": n, "requestId": n}
     # 100 KB in reserve, then 200 KB/s: the 3rd and 4th frames each wait 0.5 s to be read. A lower bound: load
     # can only make it longer.
     assert time.monotonic() - started >= 0.95
@@ -226,4 +226,4 @@ async def test_a_maximal_frame_of_tiny_keys_is_refused_cheaply(gateway_factory: 
     refused = await recv(ws)
     assert (refused["code"], refused["id"]) == ("INVALID_MESSAGE", None)
     assert "more than 1024 JSON values" in refused["message"]
-    assert await request(ws, {"type": "ping", "id": 2}) == {"type": "pong", "id": 2}
+    assert await request(ws, {"type": "ping", "id": 2}) == {"type": "pong", "id": 2, "requestId": 2}
