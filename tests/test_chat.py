@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from aiohttp import ClientWebSocketResponse
@@ -12,14 +13,19 @@ from tests.databases import rows, scalar
 from tests.fake_anthropic import FakeAnthropic, Reply
 
 
-async def test_first_send_creates_session_and_streams_reply(ws: ClientWebSocketResponse, fake: FakeAnthropic) -> None:
-    fake.queue(Reply(text="Hello there, friend.", thinking="Hmm, a greeting."))
+async def test_first_send_creates_session_and_streams_reply(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str
+) -> None:
+    # 10 ms before each of its 6 deltas: the stream takes at least 60 ms.
+    fake.queue(Reply(text="Hello there, friend.", thinking="Hmm, a greeting.", delay_s=0.01))
+    started = time.monotonic()
     frames = await chat(ws, "hi", id="t1")
+    elapsed_ms = (time.monotonic() - started) * 1000
     types = [f["type"] for f in frames]
     assert types[0] == "session.created"
     assert types[1] == "chat.stream.start"
     assert types[-1] == "chat.stream.end"
-    assert types.count("chat.stream.delta") >= 3
+    assert types.count("chat.stream.delta") == 3
     assert all(f["id"] == "t1" for f in frames)
     created = frames[0]
     assert created["sessionKey"] == f"agent:default:{created['sessionId']}"
@@ -33,7 +39,8 @@ async def test_first_send_creates_session_and_streams_reply(ws: ClientWebSocketR
     assert set(end["usage"]) >= {"inputTokens", "outputTokens", "cacheCreationInputTokens", "cacheReadInputTokens"}
     assert set(end["cost"]) >= {"inputCost", "outputCost", "cacheCost", "totalCost"}
     assert end["cost"]["totalCost"] > 0
-    assert end["durationMs"] >= 0
+    assert 60 <= end["durationMs"] <= elapsed_ms
+    assert end["durationMs"] == await scalar(db_url, "select duration_ms from usage_records")
     sent = fake.requests[-1].body
     assert sent["model"] == "claude-sonnet-5-5"
     assert sent["system"][0]["text"] == "You are a helpful AI assistant."
@@ -191,3 +198,25 @@ async def test_second_send_while_streaming_is_refused(
     again = await chat(other, "now my turn", id="d", sessionId=session_id)
     assert again[-1]["type"] == "chat.stream.end"
     await other.close()
+
+
+async def test_the_user_turn_is_stored_before_the_upstream_call(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, db_url: str
+) -> None:
+    """Read over SQL while the upstream holds the reply before its first token: a crash now loses no user turn."""
+    fake.queue(Reply(text="later", thinking=None, hold_after_deltas=0))
+    await send(ws, {"type": "chat.send", "id": "a", "content": "keep me"})
+    await fake.wait_held()
+    [(session_id, count)] = await rows(db_url, "select id, message_count from sessions")
+    assert count == 2
+    stored = await rows(
+        db_url, "select seq, role, status, text from messages where session_id = :s order by seq", s=session_id
+    )
+    assert stored == [(0, "user", "complete", "keep me"), (1, "assistant", "streaming", "")]
+    assert await rows(db_url, "select id from usage_records") == []
+    fake.release()
+    assert (await collect(ws))[-1]["type"] == "chat.stream.end"
+    done = await rows(
+        db_url, "select role, status, text from messages where session_id = :s order by seq", s=session_id
+    )
+    assert done == [("user", "complete", "keep me"), ("assistant", "complete", "later")]

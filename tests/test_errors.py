@@ -108,7 +108,7 @@ async def test_upstream_errors_map_to_stable_codes(
     assert frames[-1]["code"] == code and frames[-1]["retryable"] is retryable
     assert frames[-1]["id"] == "t1"
     history = await request(ws, {"type": "session.history", "sessionId": frames[0]["sessionId"]})
-    # The user turn was saved before the upstream call; the failed reply says why.
+    # The user turn is kept (test_chat.py reads it while the upstream holds); the failed reply says why.
     assert history["messages"][0]["text"] == "hello"
     assert history["messages"][1]["status"] == "failed" and history["messages"][1]["errorCode"] == code
 

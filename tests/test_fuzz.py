@@ -1,5 +1,7 @@
 """Property-based: thousands of random and mutated frames at the parser, hundreds at a live connection. Every frame
-gets a well-formed answer, the connection stays open, the process stays up."""
+gets a well-formed answer, the connection stays open, the process stays up; and the answer is the one
+tests/frame_oracle.py (the protocol's rules, written down apart from gateway/protocol.py) says it must be: a frame is
+refused exactly when it breaks a rule, naming a rule it breaks."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from gateway.errors import GatewayError
 from gateway.protocol import SCHEMAS, Field, Request, dump, error_frame, parse_frame
 from gateway.settings import Settings
 from tests.fake_anthropic import FakeAnthropic, Reply
+from tests.frame_oracle import RULES as ORACLE_RULES
+from tests.frame_oracle import boundary_values, expected_answer, refusals
 
 T = TypeVar("T")
 MAX_CONTENT = 10_000
@@ -81,9 +85,12 @@ KINDS = sorted(SCHEMAS) + ["chat.send"] * 3  # streams are where most can go wro
 
 def field_value(name: str, *, hostile: bool) -> st.SearchStrategy[Any]:
     usual = plausible.get(name, st.text(max_size=30))
-    # Hostile frames mix plausible values with nasty ones and any JSON at all; the others stay plausible, so they
-    # get past the parser and reach the handlers (and the upstream).
-    return st.one_of(usual, usual, nasty, scalars, json_values) if hostile else usual
+    # Hostile frames mix plausible values with nasty ones, values at the edges of the field's bounds, and any JSON at
+    # all; the others stay plausible, so they get past the parser and reach the handlers (and the upstream).
+    if not hostile:
+        return usual
+    edges = boundary_values(name)
+    return st.one_of(usual, usual, nasty, scalars, json_values, *([st.sampled_from(edges)] if edges else []))
 
 
 @st.composite
@@ -135,15 +142,19 @@ live_frame_text = st.one_of(
 
 
 def check_parse(text: str) -> Request | None:
-    """Parse; a refusal must be a well-formed, sendable error frame. Never any other exception."""
+    """Parse; a refusal must be a well-formed, sendable error frame naming a rule the frame breaks, and only a frame
+    that breaks one is refused. Never any other exception."""
+    broken = refusals(text, max_content_chars=MAX_CONTENT)
     try:
         request = parse_frame(text, max_content_chars=MAX_CONTENT)
     except GatewayError as exc:
         assert exc.code in PARSER_ERRORS, exc.code
+        assert (exc.code, exc.details.get("field")) in broken, (exc.code, exc.details, broken)
         frame = error_frame(exc, exc.details.get("request_id"))
         dump(frame).encode("utf-8")  # can go out on the socket as is
         assert isinstance(frame["message"], str) and frame["retryable"] is False
         return None
+    assert not broken, f"accepted a frame that breaks {broken}: {text!r}"
     assert request.type in SCHEMAS
     dump({"type": "x", "id": request.id, **request.fields}).encode("utf-8")  # everything accepted is storable text
     return request
@@ -168,6 +179,21 @@ def test_parser_on_mutated_frames(text: str) -> None:
 @given(st.one_of(st.text(), st.binary().map(lambda b: b.decode("latin-1")), json_values.map(encode)))
 def test_parser_on_arbitrary_text(text: str) -> None:
     check_parse(text)
+
+
+def test_parser_at_every_bound() -> None:
+    """Each field of each frame, alone at the edges of its bounds and with each nasty value, in an otherwise valid
+    frame: the oracle and the parser must agree on every one (random frames rarely break exactly one rule)."""
+    checked = 0
+    for kind, rules in ORACLE_RULES.items():
+        valid = {"type": kind, "id": "b", **{name: "x" for name, rule in rules.items() if rule.required}}
+        for name in rules:
+            for edge in [*boundary_values(name), *NASTY, True, 1.5, [], {}]:
+                check_parse(encode({**valid, name: edge}))
+                checked += 1
+        for rid in ["a" * 256, "a" * 257, 2**53 - 1, 2**53, -(2**53 - 1), -(2**53), *NASTY, True, 1.5, [], {}]:
+            check_parse(encode({**valid, "id": rid}))
+    assert checked > 500
 
 
 def test_parser_on_pathological_json() -> None:
@@ -216,6 +242,7 @@ class LiveGateway:
         self.session_id = await self._new_session()
 
     async def _new_session(self) -> str:
+        self.session_model = "claude-sonnet-5-5"
         await self.ws.send_str(json.dumps({"type": "chat.send", "content": "a session to aim at"}))
         session_id = str((await self._recv())["sessionId"])
         while (await self._recv())["type"] not in TERMINAL:
@@ -244,6 +271,9 @@ class LiveGateway:
         while streams and frames[-1]["type"] not in TERMINAL:
             frames.append(await self._recv())
         self.sent += 1
+        for frame in frames:
+            if frame["type"] == "chat.stream.start" and frame["sessionId"] == self.session_id:
+                self.session_model = frame["model"]  # the session keeps the model it was last sent to
         if frames[-1]["type"] == "session.deleted" and frames[-1]["sessionId"] == self.session_id:
             self.session_id = await self._new_session()  # keep a live session to aim at
         sentinel = f"sentinel-{self.sent}"
@@ -288,6 +318,7 @@ def live(tmp_path: Path) -> Any:
 @given(text=live_frame_text)
 def test_live_connection_answers_every_frame(live: LiveGateway, text: str) -> None:
     text = live.prepare(text)
+    session_id, session_model = live.session_id, live.session_model  # as they were before this frame
     request = check_parse(text)
     frames = live.exchange(text, request)
     answer = frames[-1]
@@ -297,4 +328,7 @@ def test_live_connection_answers_every_frame(live: LiveGateway, text: str) -> No
     assert all(f["id"] == request.id for f in frames), frames  # every answer echoes the request's id
     if answer["type"] == "error":
         assert answer["code"] not in ("INTERNAL_ERROR", "PARSE_ERROR"), answer
+    expected = expected_answer(request.type, request.fields, session_id, session_model)
+    if expected is not None:
+        assert answer.get("code", answer["type"]) == expected, (request, frames)
     assert live.health()["status"] == "ok"

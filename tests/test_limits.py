@@ -97,7 +97,9 @@ def _connection(gateway: Gateway) -> Connection:
 async def test_heartbeat_closes_a_dead_connection_and_cancels_its_stream(
     gateway_factory: Factory, settings: Settings, fake: FakeAnthropic
 ) -> None:
-    gateway = await gateway_factory(settings.with_overrides(heartbeat_s=0.2))
+    # The unanswered ping closes the connection about 1.5 heartbeats after the send: the turn must reach the upstream's
+    # hold before that, also on a loaded machine.
+    gateway = await gateway_factory(settings.with_overrides(heartbeat_s=0.5))
     ws = await gateway.ws(autoping=False)  # a peer that never answers pings: as good as dead
     fake.queue(Reply(text="a b c d", hold_after_deltas=1))
     await send(ws, {"type": "chat.send", "id": "s", "content": "hi"})

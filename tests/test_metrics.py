@@ -38,7 +38,11 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def test_metrics_count_turns_tokens_cost_and_latencies(
     gateway: Gateway, ws: ClientWebSocketResponse, fake: FakeAnthropic
 ) -> None:
-    fake.queue(Reply(text="one two three", input_tokens=1000, output_tokens=50), Reply(hold_after_deltas=1))
+    # The cancelled turn is billed what its message_start reported: 200 input tokens and 1 output token.
+    fake.queue(
+        Reply(text="one two three", input_tokens=1000, output_tokens=50),
+        Reply(hold_after_deltas=1, input_tokens=200, output_tokens_before_error=1),
+    )
     end = (await chat(ws, "hello"))[-1]
     await send(ws, {"type": "chat.send", "id": "held", "content": "long"})
     session_id = (await recv(ws))["sessionId"]
@@ -56,14 +60,19 @@ async def test_metrics_count_turns_tokens_cost_and_latencies(
     assert value(after, "agentspace_turns_total", status="cancelled", code="") == 1
     assert value(after, "agentspace_turns_total", status="rejected", code="SESSION_NOT_FOUND") == 1
     model = "claude-sonnet-5-5"
-    assert value(after, "agentspace_tokens_total", model=model, kind="output") >= 50
-    assert value(after, "agentspace_tokens_total", model=model, kind="input") >= 1000
-    # Cost in the metrics is the same money the client was told about (plus the cancelled turn's share).
-    assert value(after, "agentspace_cost_usd_total", model=model) >= end["cost"]["totalCost"] > 0
+    assert value(after, "agentspace_tokens_total", model=model, kind="output") == 50 + 1
+    assert value(after, "agentspace_tokens_total", model=model, kind="input") == 1000 + 200
+    # Cost in the metrics is the same money the client was told about, plus the cancelled turn's share.
+    assert end["cost"]["totalCost"] == (1000 * 2000 + 50 * 10_000) / 1e9
+    cancelled_usd = (200 * 2000 + 1 * 10_000) / 1e9
+    assert value(after, "agentspace_cost_usd_total", model=model) == pytest.approx(
+        end["cost"]["totalCost"] + cancelled_usd
+    )
     assert value(after, "agentspace_upstream_latency_seconds_count") == 2
     assert value(after, "agentspace_time_to_first_token_seconds_count") == 2
     assert value(after, "agentspace_gateway_overhead_seconds_count", phase="request") == 2
-    assert value(after, "agentspace_gateway_overhead_seconds_count", phase="delta") >= 4
+    # Every relayed chunk: 3 thinking and 3 text deltas, then 3 thinking and 1 text delta before the hold.
+    assert value(after, "agentspace_gateway_overhead_seconds_count", phase="delta") == 6 + 4
     assert value(after, "agentspace_db_statement_seconds_count", operation="insert") >= 2
     assert value(after, "agentspace_db_statement_seconds_count", operation="select") >= 2
 

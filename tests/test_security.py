@@ -24,7 +24,8 @@ Factory = Callable[[Settings], Awaitable[Gateway]]
 
 @pytest.fixture
 async def guarded(gateway_factory: Factory, settings: Settings) -> Gateway:
-    return await gateway_factory(settings.with_overrides(token=TOKEN, auth_timeout_s=0.3))
+    # Long enough that no test's own auth frame misses it on a loaded machine; only the silent test waits it out.
+    return await gateway_factory(settings.with_overrides(token=TOKEN, auth_timeout_s=1.0))
 
 
 # --- the token itself ---------------------------------------------------------------------------------------------

@@ -1,0 +1,210 @@
+"""Which client frames the gateway must refuse, and how, written down from docs/PROTOCOL.md independently of
+gateway/protocol.py: the fuzz tests (tests/test_fuzz.py) compare every answer with it, so a validation rule that
+goes missing (NUL accepted in content, a bound off by one) fails there, not only in the hand-written cases.
+
+`refusals(text)` is every (code, field) a frame breaks: the gateway must refuse exactly the frames with at least one,
+naming one of them (which one, when several, is its choice). `expected_answer(request, session_id)` is what the live
+gateway answers a frame it accepted: the final frame's type, or the error's code; None where it does not say.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+Refusal = tuple[str, str | None]  # (code, field)
+MAX_ID_CHARS = 256
+GROUP_BY = ("model", "day", "session", "agent")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kinds: tuple[type, ...]
+    required: bool = False
+    blank_ok: bool = True  # False: not empty, not only whitespace
+    max_len: int | None = None
+    min_value: int | None = None
+    max_value: int | None = None
+    choices: tuple[str, ...] | None = None
+    agent_id: bool = False
+
+
+def _text(max_len: int = 256, *, required: bool = False) -> Rule:
+    return Rule((str,), required=required, blank_ok=False, max_len=max_len)
+
+
+_COUNT = Rule((int,), min_value=1, max_value=1_000_000)
+_AGENT = Rule((str,), agent_id=True)
+RULES: dict[str, dict[str, Rule]] = {
+    "chat.send": {
+        "content": Rule((str,), required=True, blank_ok=False),
+        "sessionId": _text(),
+        "agentId": _AGENT,
+        "model": _text(128),
+        "maxTokens": _COUNT,
+        "idempotencyKey": _text(200),
+    },
+    "chat.cancel": {"sessionId": _text(required=True), "sendId": Rule((str, int))},
+    "context.inspect": {
+        "sessionId": _text(required=True),
+        "content": Rule((str,)),
+        "exact": Rule((bool,)),
+        "model": _text(128),
+    },
+    "usage.query": {
+        "sessionId": _text(),
+        "agentId": _AGENT,
+        "model": _text(128),
+        "since": _text(64),
+        "until": _text(64),
+        "groupBy": Rule((str,), choices=GROUP_BY),
+    },
+    "session.list": {"agentId": _AGENT, "limit": _COUNT, "cursor": _text(512)},
+    "session.history": {
+        "sessionId": _text(required=True),
+        "limit": _COUNT,
+        "beforeSeq": Rule((int,), min_value=0),
+    },
+    "session.delete": {"sessionId": _text(required=True)},
+    "auth": {"token": _text(4096, required=True)},
+    "ping": {},
+}
+
+
+def boundary_values(name: str) -> list[Any]:
+    """Values on both sides of every bound a field has in any frame: where an off-by-one hides."""
+    values: list[Any] = []
+    for rules in RULES.values():
+        rule = rules.get(name)
+        if rule is None:
+            continue
+        for bound in (rule.min_value, rule.max_value):
+            if bound is not None:
+                values += [bound - 1, bound, bound + 1]
+        if rule.max_len is not None:
+            values += ["a" * rule.max_len, "a" * (rule.max_len + 1)]
+        if rule.agent_id:
+            values += ["a" * 64, "a" * 65, "a..b", "a.b", "_a", "a_", "-"]
+    return values
+
+
+def _storable(text: str) -> bool:
+    """No NUL, no lone surrogate: the two things no database column and no UTF-8 socket can both carry."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _good_agent_id(value: str) -> bool:
+    ascii_word = all(c.isascii() and (c.isalnum() or c in "_.-") for c in value)
+    return 1 <= len(value) <= 64 and ascii_word and value[0].isalnum() and ".." not in value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _broken(rule: Rule, value: Any) -> bool:
+    if not any(_is_int(value) if kind is int else isinstance(value, kind) for kind in rule.kinds):
+        return True
+    if isinstance(value, str):
+        return (
+            not _storable(value)
+            or (not rule.blank_ok and not value.strip())
+            or (rule.max_len is not None and len(value) > rule.max_len)
+            or (rule.choices is not None and value not in rule.choices)
+            or (rule.agent_id and not _good_agent_id(value))
+        )
+    if _is_int(value):
+        return (rule.min_value is not None and value < rule.min_value) or (
+            rule.max_value is not None and value > rule.max_value
+        )
+    return False
+
+
+def _iso(text: str) -> bool:
+    """An ISO 8601 date or time, as `since` and `until` take them ("Z" for UTC)."""
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(name)
+
+
+def refusals(text: str, *, max_content_chars: int) -> set[Refusal]:
+    try:
+        frame = json.loads(text, parse_constant=_reject)  # NaN and Infinity are not JSON
+    except (ValueError, RecursionError):
+        return {("PARSE_ERROR", None)}
+    if not isinstance(frame, dict):
+        return {("INVALID_MESSAGE", None)}
+    found: set[Refusal] = set()
+    rid = frame.get("id")
+    id_ok = rid is None or (isinstance(rid, str) and len(rid) <= MAX_ID_CHARS and _storable(rid))
+    if not id_ok and not (_is_int(rid) and abs(rid) < 2**53):
+        found.add(("INVALID_MESSAGE", "id"))
+    rules = RULES.get(frame.get("type")) if isinstance(frame.get("type"), str) else None
+    if rules is None:
+        return found | {("INVALID_MESSAGE", "type")}
+    for name, rule in rules.items():
+        value = frame.get(name)  # null is absent
+        if value is None:
+            if rule.required:
+                found.add(("INVALID_MESSAGE", name))
+        elif _broken(rule, value):
+            found.add(("INVALID_MESSAGE", name))
+    content = frame.get("content")
+    if isinstance(content, str) and len(content) > max_content_chars:
+        found.add(("MESSAGE_TOO_LARGE", "content"))
+    return found
+
+
+def expected_answer(kind: str, fields: dict[str, Any], session_id: str, session_model: str) -> str | None:
+    """The live gateway's answer to an accepted frame, with one session (of agent `default`, last sent to
+    `session_model`) that exists: the last frame's type or the error code. None where the outcome depends on more
+    than the frame (a repeated idempotencyKey, a cursor) or the docs leave it open."""
+    session = fields.get("sessionId")
+    known = session == session_id
+    agent = fields.get("agentId")
+    if kind == "ping":
+        return "pong"
+    if kind == "auth":
+        return "auth.ok"  # the live gateway has no token: any token is accepted
+    if kind == "chat.cancel":
+        return "NOTHING_TO_CANCEL"  # every stream has ended before the next frame is sent
+    if kind in ("session.history", "session.delete", "context.inspect"):
+        if not known:
+            return "SESSION_NOT_FOUND"
+        return {"session.history": "session.history.result", "session.delete": "session.deleted"}.get(
+            kind, "context.inspection"
+        )
+    if kind == "session.list":
+        if "cursor" in fields:
+            return None
+        return "AGENT_NOT_FOUND" if agent not in (None, "default") else "session.list"
+    if kind == "usage.query":
+        times = [fields[name] for name in ("since", "until") if name in fields]
+        return "usage.report" if all(_iso(t) for t in times) else "INVALID_MESSAGE"
+    if "idempotencyKey" in fields:
+        return None
+    if session is not None:
+        # "for an existing session it must match the session's agent", else it is not found (docs/PROTOCOL.md).
+        if not known or agent not in (None, "default"):
+            return "SESSION_NOT_FOUND"
+    elif agent not in (None, "default"):
+        return "AGENT_NOT_FOUND"  # any id but `default` needs a workspace
+    # A send without a model continues its session's model (docs/PROTOCOL.md); a new session gets the default.
+    model = fields.get("model") or (session_model if known else "claude-sonnet-5-5")
+    if model in ("claude-sonnet-4", "claude-3-5-haiku-20241022"):
+        return "MODEL_NOT_FOUND"  # retired: the upstream answers 404
+    return "chat.stream.end"
