@@ -16,7 +16,10 @@ from typing import Any
 
 Refusal = tuple[str, str | None]  # (code, field)
 MAX_ID_CHARS = 256
-GROUP_BY = ("model", "day", "session", "agent")
+GROUP_BY = ("model", "day", "session", "agent", "key")
+# "a frame of at most 1,024 JSON values nested at most 32 deep (INVALID_MESSAGE beyond)"
+MAX_VALUES = 1024
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "since": _text(64),
         "until": _text(64),
         "groupBy": Rule((str,), choices=GROUP_BY),
+        "keyName": _text(64),
     },
     "session.list": {"agentId": _AGENT, "limit": _COUNT, "cursor": _text(512)},
     "session.history": {
@@ -137,6 +141,35 @@ def _iso(text: str) -> bool:
     return True
 
 
+def _size(value: Any, depth: int = 0) -> tuple[int, int]:
+    """(JSON values, deepest nesting) of a parsed frame; an object's keys are not values."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    if children is None:
+        return 1, depth
+    count, deepest = 1, depth + 1
+    for child in children:
+        child_count, child_depth = _size(child, depth + 1)
+        count, deepest = count + child_count, max(deepest, child_depth)
+    return count, deepest
+
+
+def _nesting(text: str) -> int:
+    """How deep the brackets of a (maybe broken) JSON text go, strings skipped."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            in_string, escaped = (escaped or char != '"'), (not escaped and char == "\\")
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _reject(name: str) -> Any:
     raise ValueError(name)
 
@@ -145,7 +178,11 @@ def refusals(text: str, *, max_content_chars: int) -> set[Refusal]:
     try:
         frame = json.loads(text, parse_constant=_reject)  # NaN and Infinity are not JSON
     except (ValueError, RecursionError):
-        return {("PARSE_ERROR", None)}
+        # Not JSON; a parser that stops at the 33rd level first may say so instead.
+        return {("PARSE_ERROR", None)} | ({("INVALID_MESSAGE", None)} if _nesting(text) > MAX_DEPTH else set())
+    values, depth = _size(frame)
+    if values > MAX_VALUES or depth > MAX_DEPTH:
+        return {("INVALID_MESSAGE", None)}
     if not isinstance(frame, dict):
         return {("INVALID_MESSAGE", None)}
     found: set[Refusal] = set()
@@ -193,6 +230,8 @@ def expected_answer(kind: str, fields: dict[str, Any], session_id: str, session_
             return None
         return "AGENT_NOT_FOUND" if agent not in (None, "default") else "session.list"
     if kind == "usage.query":
+        if "keyName" in fields:
+            return "INVALID_MESSAGE"  # the live gateway has no named keys
         times = [fields[name] for name in ("since", "until") if name in fields]
         return "usage.report" if all(_iso(t) for t in times) else "INVALID_MESSAGE"
     if "idempotencyKey" in fields:
