@@ -64,6 +64,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     upstream: Upstream | None = None
     locks: SessionLocks | None = None
     database: Database | None = None
+    services: Services | None = None
     try:
         await upgrade_to_head(engine)
         database = Database(engine, make_sessionmaker(engine), sqlite_synchronous=settings.sqlite_synchronous)
@@ -82,6 +83,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(services.tokens.warm)
         yield
     finally:
+        if services is not None:
+            await services.held.close()  # one last try for replies held through an outage, while the store is open
         if upstream is not None:
             await upstream.close()
         if locks is not None:

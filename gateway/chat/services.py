@@ -12,6 +12,7 @@ from gateway.context.workspace import WorkspaceLoader
 from gateway.settings import Settings
 from gateway.store import Store
 
+from .held import HeldReplies
 from .key_vault import KeyProvider, Vault
 from .locks import SessionLocks
 from .metrics import Metrics
@@ -30,6 +31,7 @@ class Services:
     budgets: BudgetGuard
     metrics: Metrics = field(default_factory=Metrics)
     active_turns: set[object] = field(default_factory=set)
+    held: HeldReplies = field(default_factory=HeldReplies)  # replies waiting for the database to come back
 
     @property
     def clock(self) -> Clock:

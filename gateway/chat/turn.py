@@ -23,7 +23,7 @@ from .checkpoints import Checkpointer
 from .locks import SessionLease
 from .relay import Relay, SendRaw
 from .services import Services
-from .turn_end import Ending, settle
+from .turn_end import Ending, end_begun_after_cancel, settle
 from .turn_frames import duplicate_frame, error_with, model_for, session_key
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,9 @@ class Turn:
             # Locked before its rows exist, so no other process's start-up recovery takes its reply for an orphan.
             new_session_id = new_id()
             self._lease = await s.locks.acquire(new_session_id)
-        try:
-            rows = await s.store.chats.begin_turn(
+        # A task of its own, awaited through a shield: a cancel of this turn must not cut the write short unjudged.
+        writing = asyncio.get_running_loop().create_task(
+            s.store.chats.begin_turn(
                 session_id=session.id if session is not None else new_session_id,
                 create=session is None,
                 agent_id=agent_id,
@@ -152,7 +153,14 @@ class Turn:
                 history=history,
                 snapshot_count=snapshot.session.message_count if snapshot is not None else None,
                 key_id=self.key.id if self.key is not None else None,
-            )
+            ),
+            name=f"turn-{self.rid}-begin",
+        )
+        try:
+            rows = await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            await self._end_begun(writing)
+            raise
         except errors.DuplicateRequest:
             # Another send with this key won the race to the unique index: answer with its state, start nothing.
             if key is not None and await self._answer_duplicate(key):
@@ -160,6 +168,12 @@ class Turn:
             raise
         self.session_id = rows.session.id
         return rows, assembled, estimate
+
+    async def _end_begun(self, writing: asyncio.Future[TurnRows]) -> None:
+        status = _CANCEL_STATUS.get(self.cancel_reason or "cancelled", "cancelled")
+        rows = await end_begun_after_cancel(self.s, writing, status)
+        if rows is not None:
+            self.session_id = rows.session.id
 
     async def _recover_orphans(self, history: list[HistoryItem]) -> None:
         """We hold the session's lock, so a reply in it still `streaming` was left by a process that died."""
@@ -238,7 +252,16 @@ class Turn:
             failure, status = errors.UpstreamTimeout("the turn took longer than the total upstream timeout"), "failed"
         await checkpointer.stop()
         ending = Ending(status, failure, started, relay.first_token_ms, relay.sent_at)
-        await self._end(await settle(s, self.obs, self.rid, rows, relay.reply, assembled, estimate, ending))
+        frame = await settle(s, self.obs, self.rid, rows, relay.reply, assembled, estimate, ending, self._holder(rows))
+        await self._end(frame)
+
+    def _holder(self, rows: TurnRows) -> Callable[[Callable[[], Awaitable[None]]], None]:
+        def hold(save: Callable[[], Awaitable[None]]) -> None:
+            # The reply could not be saved yet: its save, and the session's lock with it, outlive this turn.
+            lease, self._lease = self._lease, None
+            self.s.held.hold(rows.assistant_message.id, save, lease)
+
+        return hold
 
 
 def _uncancel() -> None:

@@ -41,9 +41,20 @@ def pg_connect_args(application_name: str, **extra: object) -> dict[str, object]
     }
 
 
-# SQLSTATE classes that mean "the server or the link to it is gone", not "this statement is wrong":
-# 08 connection exception, 57P01-57P03 admin/crash shutdown and "cannot connect now" (starting up, shutting down).
-_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")  # 53300: too many connections
+# SQLSTATE classes that mean "the database cannot take this now", not "this statement is wrong": 08 connection
+# exception; 53 insufficient resources (disk full, out of memory, too many connections); 57P01-57P03 admin/crash
+# shutdown and "cannot connect now"; 58030 I/O error; 25006 a read-only transaction (a standby, mid-failover).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03", "58030", "25006")
+# SQLite's equivalents (sqlite3 errors carry the name, with extended codes such as SQLITE_IOERR_WRITE): the file is
+# read-only (or made immutable), the disk is full, a read or write failed, the file cannot be opened, it is locked.
+_UNAVAILABLE_SQLITE = (
+    "SQLITE_READONLY",
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+)
 
 
 def migrations_dir() -> Path:
@@ -118,7 +129,8 @@ def private_file(path: Path) -> None:
 
 
 def is_connectivity_error(exc: BaseException) -> bool:
-    """True when the database could not be reached or dropped us: worth retrying later, not a bug in the SQL."""
+    """True when the database cannot serve us now (unreachable, read-only, full, failing I/O): worth retrying later,
+    and DATABASE_UNAVAILABLE to a client, not a bug in the SQL."""
     if isinstance(exc, (OSError, SATimeoutError)):  # refused, reset, connect timeout; pool checkout timeout
         return True
     if isinstance(exc, DBAPIError):
@@ -126,6 +138,9 @@ def is_connectivity_error(exc: BaseException) -> bool:
             return True
         sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        sqlite_name = getattr(exc.orig, "sqlite_errorname", None)
+        if isinstance(sqlite_name, str) and sqlite_name.startswith(_UNAVAILABLE_SQLITE):
             return True
         if isinstance(exc.orig, OSError):
             return True
@@ -147,6 +162,10 @@ def _sounds_unreachable(exc: BaseException) -> bool:
             "database is locked",
             "cannot connect now",
             "the database system is",
+            "readonly database",
+            "disk i/o error",
+            "database or disk is full",
+            "unable to open database file",
         )
     )
 

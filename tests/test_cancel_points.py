@@ -1,0 +1,122 @@
+"""A cancel may land at any await of a turn's start (issue 14: 11 of 2,000 sends with client churn left a reply
+`streaming` when it landed during the shielded write in begin_turn). Each test cancels the turn at one await, before
+or after the awaited call, and checks what a user would: exactly one terminal frame, no reply left `streaming`, and
+the session free for the next send."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from gateway.billing.budgets import BudgetGuard
+from gateway.chat import turn as turn_module
+from gateway.chat.locks import LocalSessionLocks
+from gateway.server.handlers import SERVICES
+from gateway.store.base import Database
+from gateway.store.chats import ChatStore
+from tests.conftest import TERMINAL, Gateway, chat, collect, send
+from tests.sql import sql_rows
+
+Factory = Callable[..., Awaitable[Gateway]]
+
+# Each await of Turn._run/_begin and ChatStore.begin_turn, by the function awaited: a cancel is delivered at its
+# start (before) or, where the callee can raise CancelledError after its effect, at its end (after). A shielded unit
+# of work does exactly that: SQLite's thread finishes (and commits) and the cancel is raised afterwards. The others
+# have no await after their effect (the lock, the reservation), so a cancel cannot land between effect and return.
+POINTS: list[tuple[Any, str, bool, bool]] = [
+    # where, name, only_writes, can_end_cancelled
+    (ChatStore, "session_with_history", False, True),
+    (turn_module, "measure", False, False),
+    (ChatStore, "calibration", False, True),
+    (BudgetGuard, "reserve", False, False),
+    (LocalSessionLocks, "acquire", False, False),
+    (ChatStore, "begin_turn", False, True),
+    (Database, "run", True, True),  # the write inside begin_turn: the reported case
+]
+CASES = [
+    (where, name, only_writes, after)
+    for where, name, only_writes, can_end_cancelled in POINTS
+    for after in ((False, True) if can_end_cancelled else (False,))
+]
+
+
+def _cancel_at(monkeypatch: pytest.MonkeyPatch, where: Any, name: str, only_writes: bool, after: bool) -> list[int]:
+    """Cancel the turn of the send with id "victim" (as chat.cancel or a disconnect does: Task.cancel) when it, or a
+    task it started, reaches `where.name`: just before the call, or just after it. Returns a list that holds 1 once
+    the cancel was sent."""
+    original = getattr(where, name)
+    fired: list[int] = []
+
+    async def hooked(*args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        ours = (
+            not fired
+            and task is not None
+            and task.get_name().startswith("turn-victim")
+            and (not only_writes or kwargs.get("write") is True)
+        )
+        victim = next((t for t in asyncio.all_tasks() if t.get_name() == "turn-victim"), None)
+        if ours and victim is not None and not after:
+            fired.append(1)
+            victim.cancel()
+        result = await original(*args, **kwargs)
+        if ours and victim is not None and after:
+            fired.append(1)
+            victim.cancel()
+            if task is victim:
+                await asyncio.sleep(0)  # delivered here: after the call's effect, as a shielded call raises it
+        return result
+
+    monkeypatch.setattr(where, name, hooked)
+    return fired
+
+
+async def _check_after(gateway: Gateway, db_url: str, frames: list[dict[str, Any]], session_id: str | None) -> None:
+    terminal = [f for f in frames if f["type"] in TERMINAL]
+    assert len(terminal) == 1 and frames[-1] is terminal[0]
+    assert await sql_rows(db_url, "SELECT id FROM messages WHERE status = 'streaming'") == []
+    session_id = session_id or terminal[0].get("sessionId")
+    if session_id is not None:  # the session (if one was made) takes the next send at once
+        ws = await gateway.ws()
+        assert (await chat(ws, "again", sessionId=session_id, id="next"))[-1]["type"] == "chat.stream.end"
+        await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "name", "only_writes", "after"),
+    CASES,
+    ids=[f"{c[0].__name__}.{c[1]}-{'after' if c[3] else 'before'}" for c in CASES],
+)
+@pytest.mark.parametrize("existing", [False, True], ids=["new-session", "existing-session"])
+async def test_a_cancel_at_any_await_of_a_turns_start_leaves_nothing_streaming(
+    gateway_factory: Factory,
+    settings: Any,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    where: Any,
+    name: str,
+    only_writes: bool,
+    after: bool,
+    existing: bool,
+) -> None:
+    gateway = await gateway_factory(settings)
+    ws = await gateway.ws()
+    session_id = None
+    if existing:
+        session_id = (await chat(ws, "first"))[-1]["sessionId"]
+        if name == "session_with_history":  # the snapshot would skip the read: make this process forget the session
+            gateway.app[SERVICES].store.chats._snapshots.drop(session_id)
+    fired = _cancel_at(monkeypatch, where, name, only_writes, after)
+    fields = {"sessionId": session_id} if session_id else {}
+    await send(ws, {"type": "chat.send", "id": "victim", "content": "hello", **fields})
+    frames = await collect(ws)
+    monkeypatch.undo()
+    if not fired:
+        pytest.skip(f"{name} is not awaited on this path")
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "CANCELLED"
+    await _check_after(gateway, db_url, frames, session_id)
+    replies = await sql_rows(db_url, "SELECT status FROM messages WHERE role = 'assistant' ORDER BY created_at")
+    assert all(r["status"] in ("complete", "cancelled") for r in replies)
