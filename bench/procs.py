@@ -202,6 +202,8 @@ def gateway_env(home: Path, upstream_url: str, db_url: str | None) -> dict[str, 
         # The idle scenario holds 1,500 sockets, all from 127.0.0.1: beyond the default caps (256 per address).
         "AGENTSPACE_MAX_CONNECTIONS": "4096",
         "AGENTSPACE_MAX_CONNECTIONS_PER_ADDRESS": "4096",
+        # A bench gateway is not the user's: it must not replace the discovery file their CLI reads.
+        "AGENTSPACE_RUNTIME_FILE": "off",
     }
     # Nothing from the caller's own gateway setup may leak in: its database, token, or SDK credentials.
     for unwanted in ("AGENTSPACE_DB_URL", "AGENTSPACE_TOKEN", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_PROFILE"):

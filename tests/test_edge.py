@@ -227,3 +227,34 @@ async def test_a_maximal_frame_of_tiny_keys_is_refused_cheaply(gateway_factory: 
     assert (refused["code"], refused["id"]) == ("INVALID_MESSAGE", None)
     assert "more than 1024 JSON values" in refused["message"]
     assert await request(ws, {"type": "ping", "id": 2}) == {"type": "pong", "id": 2, "requestId": 2}
+
+
+async def test_fragmented_messages_and_interleaved_pings_pass_the_guard_intact(
+    gateway_factory: Factory, settings: Settings
+) -> None:
+    """The guard follows frame boundaries itself: a message in three fragments, a ping between them, small, 16-bit and
+    64-bit lengths, all in odd-sized writes, must reach the handler exactly as sent."""
+    gateway = await gateway_factory(settings)
+    _, raw = await upgrade("127.0.0.1", _port(gateway))
+    message = json.dumps({"type": "ping", "id": "frag", "pad": "y" * 70_000}).encode()
+    parts = [message[:10], message[10:200], message[200:]]
+    stream = (
+        header(len(parts[0]), opcode=0x1, fin=False)
+        + parts[0]
+        + header(4, opcode=0x9)  # a ping between fragments
+        + b"ping"
+        + header(len(parts[1]), opcode=0x0, fin=False)
+        + parts[1]
+        + header(len(parts[2]), opcode=0x0, fin=True)
+        + parts[2]
+        + text_frame(json.dumps({"type": "ping", "id": "after"}))
+    )
+    for start in range(0, len(stream), 7_777):  # boundaries that fall inside headers and payloads alike
+        await raw.send(stream[start : start + 7_777])
+    await _eventually(lambda: gateway.app[BUFFERS].used == 0)
+    raw.writer.write(header(2, opcode=0x8) + b"\x03\xe8")  # close, 1000
+    frames = await raw.frames()
+    pongs = [payload for opcode, payload in frames if opcode == 0xA]
+    answers = [json.loads(payload) for opcode, payload in frames if opcode == 0x1]
+    assert pongs == [b"ping"]
+    assert [a["id"] for a in answers] == ["frag", "after"] and all(a["type"] == "pong" for a in answers)
