@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from gateway.chat import held, turn_end
+from gateway.client.types import ChatEnd
+from gateway.errors import DatabaseUnavailable
 from gateway.server.handlers import SERVICES
 from gateway.settings import Settings
 from gateway.store.db import is_connectivity_error
@@ -157,8 +159,6 @@ async def test_held_replies_get_a_last_try_at_shutdown(
 
     async def finish_turn(**fields: Any) -> None:
         if failing["on"]:
-            from gateway.errors import DatabaseUnavailable
-
             raise DatabaseUnavailable("database unavailable: test")
         await real_finish(**fields)
 
@@ -166,6 +166,7 @@ async def test_held_replies_get_a_last_try_at_shutdown(
     ws = await gateway.ws()
     end = (await chat(ws, "hello"))[-1]
     assert end["pendingSave"] is True and services.held.count == 1
+    assert ChatEnd.from_frame(end).pending_save is True
     failing["on"] = False
     await services.held.close()
     assert services.held.count == 0

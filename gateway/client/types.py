@@ -67,6 +67,8 @@ class ChatEnd:
     cost: Cost
     duration_ms: int
     frame: Frame = field(repr=False)
+    # The database was down when the reply ended: the gateway holds it and saves it when the database is back.
+    pending_save: bool = False
 
     @classmethod
     def from_frame(cls, frame: Frame) -> ChatEnd:
@@ -87,6 +89,7 @@ class ChatEnd:
             ),
             duration_ms=int(frame.get("durationMs") or 0),
             frame=frame,
+            pending_save=bool(frame.get("pendingSave")),
         )
 
 
