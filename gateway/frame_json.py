@@ -39,10 +39,29 @@ def load_frame_json(text: str, *, max_values: int = MAX_VALUES, max_depth: int =
     levels); never RecursionError."""
     if len(text) <= SMALL_FRAME_CHARS:
         try:
-            return json.loads(text, parse_constant=_no_constant)
+            value = json.loads(text, parse_constant=_no_constant)
         except RecursionError:
             raise FrameTooComplex(f"nested deeper than {max_depth} levels") from None
+        # The same limits for every frame; a text this short holds too few values to need the walk.
+        if len(text) > 2 * max_values or max_depth < len(text) // 2:
+            _check_limits(value, max_values, max_depth)
+        return value
     return _Parser(text, max_values, max_depth).document()
+
+
+def _check_limits(value: Any, max_values: int, max_depth: int) -> None:
+    """What the bounded parser would refuse, checked on a parsed (small) value; iterative, so depth costs no stack."""
+    seen = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        seen += 1
+        if seen > max_values:
+            raise FrameTooComplex(f"more than {max_values} JSON values")
+        if isinstance(item, dict | list):
+            if depth + 1 > max_depth:
+                raise FrameTooComplex(f"nested deeper than {max_depth} levels")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
 
 
 class _Parser:

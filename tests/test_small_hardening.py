@@ -9,6 +9,7 @@ import logging
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,20 @@ def test_a_frame_of_tiny_keys_or_deep_nesting_is_too_complex() -> None:
         load_frame_json("[" * 5_000 + "]" * 5_000)  # small enough for json.loads, which recurses too deep
     long_text = json.dumps({"type": "chat.send", "content": 'a "quoted" \\ line\n' * 100_000})
     assert load_frame_json(long_text) == json.loads(long_text)  # one long string is cheap and exact
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_short_and_long_frames_meet_the_same_limits(value: object) -> None:
+    """Short frames go to json.loads and are checked after; long ones to the bounded parser: one rule for both."""
+    text = json.dumps(value)
+
+    def verdict(parse: Callable[[], object]) -> object:
+        try:
+            return parse()
+        except FrameTooComplex:
+            return "too complex"
+
+    assert verdict(lambda: load_frame_json(text, max_values=20, max_depth=3)) == verdict(
+        lambda: _Parser(text, 20, 3).document()
+    )
