@@ -61,6 +61,20 @@ class Reply:
     truncate_after_deltas: int | None = None
     hold_after_deltas: int | None = None
     output_tokens_before_error: int | None = None
+    # Content blocks streamed after the text (tool_use, server_tool_use and its result, ...), as the API returns
+    # them; a tool_use's `input` is streamed as input_json_delta pieces. With blocks and no `text`, no text block.
+    blocks: list[dict[str, Any]] | None = None
+    server_tool_use: dict[str, int] | None = None  # usage.server_tool_use, e.g. {"web_search_requests": 1}
+
+
+def tool_use(name: str, input: dict[str, Any] | None = None, *, id: str | None = None) -> dict[str, Any]:
+    """A tool_use block for `Reply.blocks`."""
+    return {"type": "tool_use", "id": id or f"toolu_{uuid.uuid4().hex[:24]}", "name": name, "input": input or {}}
+
+
+def tool_reply(*calls: dict[str, Any], text: str | None = None, **fields: Any) -> Reply:
+    """A reply that stops to call tools: optional text first, then the tool_use blocks."""
+    return Reply(text=text, blocks=list(calls), stop_reason="tool_use", **fields)
 
 
 @dataclass
@@ -296,16 +310,17 @@ class FakeAnthropic:
                     await resp.write(event)
                 await resp.write(_delta(0, "signature_delta", "signature", plan.signature))
                 await resp.write((_STOP % 0).encode())
-            await resp.write(
-                _sse(
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": plan.text_index,
-                        "content_block": {"type": "text", "text": ""},
-                    },
+            if plan.has_text:
+                await resp.write(
+                    _sse(
+                        "content_block_start",
+                        {
+                            "type": "content_block_start",
+                            "index": plan.text_index,
+                            "content_block": {"type": "text", "text": ""},
+                        },
+                    )
                 )
-            )
             for i in range(len(plan.text_events) + 1):
                 if i == reply.hold_after_deltas:
                     await self._hold()
@@ -321,7 +336,10 @@ class FakeAnthropic:
                         await asyncio.sleep(reply.delay_s)
                     await resp.write(plan.text_events[i])
             else:
-                await resp.write((_STOP % plan.text_index).encode())
+                if plan.has_text:
+                    await resp.write((_STOP % plan.text_index).encode())
+                for event in plan.block_events:
+                    await resp.write(event)
                 await resp.write(_sse("message_delta", plan.message_delta()))
                 await resp.write(_MESSAGE_STOP)
                 finished = True
@@ -341,6 +359,23 @@ class FakeAnthropic:
         return resp
 
 
+def _block_events(blocks: list[dict[str, Any]], first_index: int) -> list[bytes]:
+    """Each block as the API streams it: a tool call starts with empty input, which follows in JSON pieces."""
+    events: list[bytes] = []
+    for index, block in enumerate(blocks, start=first_index):
+        streamed_input = block.get("type") in ("tool_use", "server_tool_use")
+        start = {**block, "input": {}} if streamed_input else block
+        events.append(
+            _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})
+        )
+        if streamed_input:
+            raw = json.dumps(block.get("input") or {}, separators=_SEP)
+            for piece in (raw[i : i + 8] for i in range(0, len(raw), 8)):
+                events.append(_delta(index, "input_json_delta", "partial_json", piece))
+        events.append((_STOP % index).encode())
+    return events
+
+
 class _Plan:
     """Everything a reply will send, computed before the first byte so the streaming loop only writes."""
 
@@ -348,6 +383,10 @@ class _Plan:
         self.reply = reply
         self.model = str(body.get("model", ""))
         self.text = reply.text if reply.text is not None else f"You said: {_last_user_text(body)}"
+        if reply.blocks is not None and reply.text is None:
+            self.text = ""
+        self.has_text = bool(self.text) or reply.blocks is None
+        self.block_events = _block_events(reply.blocks or [], (1 if reply.thinking is not None else 0) + self.has_text)
         text_chunks = _chunks(self.text, reply.chunk_words)
         thinking_chunks = _chunks(reply.thinking, reply.chunk_words) if reply.thinking is not None else []
         self.text_index = 1 if reply.thinking is not None else 0
@@ -359,13 +398,17 @@ class _Plan:
         self.signature = sign_thinking(reply.thinking or "")
         self.input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_tokens(body)
         self.output_tokens = (
-            reply.output_tokens if reply.output_tokens is not None else len(text_chunks) + len(thinking_chunks)
+            reply.output_tokens
+            if reply.output_tokens is not None
+            else len(text_chunks) + len(thinking_chunks) + len(reply.blocks or [])
         )
         self.id = f"msg_{uuid.uuid4().hex[:24]}"
 
     def usage(self, output_tokens: int) -> dict[str, Any]:
         r = self.reply
+        extra = {"server_tool_use": dict(r.server_tool_use)} if r.server_tool_use else {}
         return {
+            **extra,
             "input_tokens": self.input_tokens,
             "cache_creation_input_tokens": r.cache_creation_5m + r.cache_creation_1h,
             "cache_read_input_tokens": r.cache_read,
@@ -377,7 +420,9 @@ class _Plan:
         }
 
     def message(self, *, final: bool) -> dict[str, Any]:
-        content: list[dict[str, Any]] = [{"type": "text", "text": self.text}] if final else []
+        content: list[dict[str, Any]] = [{"type": "text", "text": self.text}] if final and self.has_text else []
+        if final:
+            content.extend(self.reply.blocks or [])
         if final and self.reply.thinking is not None:
             content.insert(0, {"type": "thinking", "thinking": self.reply.thinking, "signature": self.signature})
         # Like the real API, message_start reports a token or so of output before any content exists.

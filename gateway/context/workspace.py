@@ -20,6 +20,7 @@ from gateway.errors import AgentNotFound, InvalidMessage
 from gateway.protocol import AGENT_ID_PATTERN, AGENT_ID_RULE
 from gateway.settings import DEFAULT_AGENT, DEFAULT_SYSTEM_PROMPT
 
+from .tool_config import ToolConfig
 from .workspace_files import (
     MAX_AGENT_TOML_BYTES,
     MAX_MEMORY_BYTES,
@@ -49,6 +50,7 @@ T = TypeVar("T")
 class Skill:
     name: str
     description: str
+    folder: str = ""  # under skills/, where read_skill finds its SKILL.md
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,8 @@ class Workspace:
     max_tokens: int | None
     problems: tuple[str, ...]
     budget: Budget | None = None  # agent.toml [budget]; enforced by gateway/billing/budgets.py
+    tool_config: ToolConfig = ToolConfig()  # agent.toml [tools] and [mcp]; used by gateway/tools
+    root: Path | None = None  # the agent's folder (the default agent's may not exist); None when it was refused
 
 
 def validate_agent_id(agent_id: str) -> str:
@@ -182,6 +186,8 @@ class WorkspaceLoader:
             max_tokens=config.max_tokens,
             problems=tuple(problems),
             budget=config.budget,
+            tool_config=config.tools,
+            root=root.root if root is not None else None,
         )
 
     @staticmethod
@@ -230,5 +236,5 @@ class WorkspaceLoader:
             if parsed.truncated:
                 truncated = True
                 problems.append(f"{label}: description longer than {MAX_SKILL_DESCRIPTION_CHARS} characters; truncated")
-            skills[name] = Skill(name, parsed.description)
+            skills[name] = Skill(name, parsed.description, folder)
         return tuple(sorted(skills.values(), key=lambda s: s.name)), truncated

@@ -14,6 +14,8 @@ from typing import Any
 
 from gateway.billing.budget_config import Budget, budget_of_unreadable, parse_budget
 
+from .tool_config import ToolConfig, parse_tool_config
+
 MAX_SYSTEM_BYTES = 64 * 1024
 MAX_MEMORY_BYTES = 64 * 1024
 MAX_SKILLS = 100
@@ -35,7 +37,7 @@ MAX_TOKENS_CAP = 1_000_000  # the protocol's own bound on maxTokens
 
 # Anthropic rejects the whole request over one bad tool, so bad tools are dropped here instead.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_AGENT_TOML_KEYS = frozenset({"model", "cache", "max_tokens", "budget"})
+_AGENT_TOML_KEYS = frozenset({"model", "cache", "max_tokens", "budget", "tools", "mcp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class AgentConfig:
     max_tokens: int | None = None
     problems: tuple[str, ...] = ()
     budget: Budget | None = None
+    tools: ToolConfig = ToolConfig()
 
 
 def _decode(data: bytes, cut: bool) -> str:
@@ -249,7 +252,10 @@ def parse_agent_toml(data: bytes, cut: bool) -> AgentConfig:
     budget = parse_budget(raw.get("budget"))
     if budget is not None and budget.problem:
         problems.append(f"agent.toml: {budget.problem}; this agent's sends are refused until it is fixed")
-    return AgentConfig(model.strip() if model else None, cache, max_tokens, _capped(problems, "agent.toml"), budget)
+    tools = parse_tool_config(raw.get("tools"), raw.get("mcp"))
+    problems.extend(f"agent.toml: {problem}" for problem in tools.problems)
+    capped = _capped(problems, "agent.toml")
+    return AgentConfig(model.strip() if model else None, cache, max_tokens, capped, budget, tools)
 
 
 def _model_name_ok(model: object) -> bool:

@@ -1,5 +1,5 @@
 """All SQL lives here: the ORM models (`models`), engine and migration set-up (`db`), and the stores that run every
-statement (chats, history, usage, calibration, snapshots, copy). Callers get plain results; no one else opens a DB
+statement (chats, history, tool_calls, usage, calibration, snapshots, copy). Callers get plain results; no one else opens a DB
 session.
 
 It may import only the shared bottom (`gateway.errors`, `gateway.settings`) and SQLAlchemy; every other package may
@@ -13,6 +13,7 @@ from .chats import ChatStore, TurnRows
 from .history import HistoryItem
 from .keys import KeyStore, KeyUsage
 from .sessions import HistoryPage, SessionPage, SessionStore
+from .tool_calls import StepSaved, ToolCallStore
 from .usage import UsageFilters, UsageStore, UsageTotals
 
 
@@ -24,6 +25,7 @@ class Store:
         self.sessions = SessionStore(database)
         self.usage = UsageStore(database)
         self.keys = KeyStore(database, clock)
+        self.tools = ToolCallStore(database)
 
 
 __all__ = [
@@ -35,7 +37,9 @@ __all__ = [
     "KeyUsage",
     "SessionPage",
     "SessionStore",
+    "StepSaved",
     "Store",
+    "ToolCallStore",
     "TurnRows",
     "UsageFilters",
     "UsageStore",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -17,9 +16,10 @@ from gateway.errors import DuplicateRequest, SessionNotFound
 from . import chat_sql as sql
 from .base import Database
 from .calibration import Calibrations
-from .history import HistoryItem, HistoryLoader, HistoryRead
+from .history import HistoryItem, HistoryLoader, HistoryRead, version_at
 from .models import ChatSession, Message, TokenCalibration, UsageRecord
 from .snapshots import Snapshot, Snapshots, StaleSnapshot
+from .tool_calls import interrupt_open_calls
 from .upserts import add_calibration, insert_usage_once
 
 TITLE_CHARS = 80
@@ -32,12 +32,6 @@ class TurnRows:
     assistant_message: Message
     session_created: bool
     key_id: str | None = None  # the gateway key the turn came with; its usage rows name it
-
-
-def _version(stamp: datetime) -> str:
-    # Not the database's own rendering of updated_at: a message known from a snapshot and the same message read
-    # back are measured (and cached) under different keys, never a stale one under a current key.
-    return f"written {stamp.isoformat()}"
 
 
 def new_id() -> str:
@@ -185,7 +179,7 @@ class ChatStore:
             raise
         if history is not None:
             user = rows.user_message
-            as_read = HistoryItem(user.id, "user", user.content, _version(user.updated_at), user.status)
+            as_read = HistoryItem(user.id, "user", user.content, version_at(user.updated_at), user.status)
             self._snapshots.begun(rows.assistant_message.id, rows.session, history, as_read)
         return rows
 
@@ -234,7 +228,7 @@ class ChatStore:
         except BaseException:
             self._snapshots.abandon(message_id)
             raise
-        self._snapshots.finished(HistoryItem(message_id, "assistant", content, _version(now), status))
+        self._snapshots.finished(HistoryItem(message_id, "assistant", content, version_at(now), status))
         if counted and calibration is not None:
             self._calibrations.added(*calibration)
 
@@ -262,8 +256,11 @@ class ChatStore:
         query = update(Message).where(Message.status == "streaming")
         if message_ids is not None:
             query = query.where(Message.id.in_(message_ids))
+        now = self._clock.now()
         async with self._db.write() as db:
-            result = await db.execute(query.values(status="interrupted", updated_at=self._clock.now()))
+            # Tool calls first: which of them were left open is read off their result message still `streaming`.
+            await db.run_sync(lambda sync: interrupt_open_calls(sync.connection(), message_ids, now))
+            result = await db.execute(query.values(status="interrupted", updated_at=now))
             return int(getattr(result, "rowcount", 0) or 0)
 
     async def calibration(self, model: str) -> TokenCalibration | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import String, Text, bindparam, cast, select
@@ -34,6 +35,12 @@ class HistoryItem:
     version: str  # changes whenever the message does: its updated_at, as text (parsing 1,000 dates costs ~5 ms)
     # A reply still `streaming` while its session's lock is free was left by a process that died.
     status: str = "complete"
+
+
+def version_at(stamp: datetime) -> str:
+    # Not the database's own rendering of updated_at: a message known from a snapshot and the same message read
+    # back are measured (and cached) under different keys, never a stale one under a current key.
+    return f"written {stamp.isoformat()}"
 
 
 # What `read` hands `finish`: the heads, the cache hits it saw, the contents it fetched.

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     ForeignKey,
@@ -144,6 +145,13 @@ class UsageRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The gateway key (api_keys.id) the request came with; NULL for the single gateway token or no credential.
     key_id: Mapped[str | None] = mapped_column(String(36))
+    # Which model request of its turn this was (1, 2, ... in a tool loop); NULL on rows from before tool loops.
+    step: Mapped[int | None] = mapped_column(Integer)
+    # Anthropic's server-side tools (usage.server_tool_use): counted per request; web searches are priced per search
+    # (`server_tool_cost`, nano-USD, included in total_cost and uncached_cost), web fetches cost only their tokens.
+    web_search_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    web_fetch_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    server_tool_cost: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_usage_records_created_at", "created_at"),
@@ -217,3 +225,41 @@ class TokenCalibration(Base):
     estimated_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     reported_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ToolCall(Base):
+    """One tool_use the model made, from the call to its result. The replayable `tool_result` message (role user) is
+    rendered from these rows (store/tool_calls.py), so history holds a result for every call at every moment: an
+    unfinished call's result says it was interrupted."""
+
+    __tablename__ = "tool_calls"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(36), ForeignKey("sessions.id", ondelete="CASCADE"))
+    # The assistant message holding the tool_use, and the user message holding its tool_result.
+    message_id: Mapped[str] = mapped_column(String(36), ForeignKey("messages.id", ondelete="CASCADE"))
+    result_message_id: Mapped[str] = mapped_column(String(36), ForeignKey("messages.id", ondelete="CASCADE"))
+    tool_use_id: Mapped[str] = mapped_column(String(128))
+    step: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)  # its place among the message's tool_use blocks
+    name: Mapped[str] = mapped_column(String(128))
+    input: Mapped[Any] = mapped_column(JSON)
+    executor: Mapped[str] = mapped_column(String(16))  # builtin | mcp | client
+    policy: Mapped[str] = mapped_column(String(8))  # allow | ask | deny, as configured
+    # pending (awaiting approval) -> approved -> running -> done | error; or denied; or interrupted.
+    status: Mapped[str] = mapped_column(String(16))
+    decision: Mapped[str | None] = mapped_column(String(16))  # allow_once | allow_session | deny | expired
+    result: Mapped[Any | None] = mapped_column(JSON)  # the tool_result content as sent to the model
+    is_error: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime | None] = mapped_column()  # an approval's deadline
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column()
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("ix_tool_calls_session_tool_use", "session_id", "tool_use_id", unique=True),
+        Index("ix_tool_calls_result_message", "result_message_id", "position"),
+        Index("ix_tool_calls_status", "status"),
+    )
