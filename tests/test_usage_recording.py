@@ -273,8 +273,9 @@ async def test_one_row_per_upstream_request_across_retries(
     assert len({r["upstream_message_id"] for r in rows}) == 2
     report = await request(ws, {"type": "usage.query"})
     assert report["grandTotal"]["requestCount"] == 2
-    # The end frame prices its own request; the report has both.
-    assert end["usage"]["outputTokens"] == 9
+    # The end frame sums every request of the turn, the billed failed attempt too: it equals the rows.
+    assert end["usage"]["outputTokens"] == 10
+    assert (end["requests"], end["steps"]) == (2, 1)
 
 
 async def test_cancel_during_retry_backoff_does_not_count_the_attempt_twice(

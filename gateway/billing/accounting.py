@@ -79,6 +79,10 @@ class TokenUsage:
             cache_read_tokens=_count(usage, "cache_read_input_tokens"),
         )
 
+    def plus(self, other: TokenUsage) -> TokenUsage:
+        """Two requests' usage together (a turn of several model requests)."""
+        return TokenUsage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
     def merged(self, later: TokenUsage) -> TokenUsage:
         """Combine `message_start` usage (self) with `message_delta` usage (later).
 
@@ -123,6 +127,9 @@ class Cost:
     @property
     def total(self) -> int:
         return self.input + self.output + self.cache_write + self.cache_read
+
+    def plus(self, other: Cost) -> Cost:
+        return Cost(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
     @property
     def saved(self) -> int:

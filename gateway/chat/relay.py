@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from gateway import errors
+from gateway.billing.accounting import Priced
 from gateway.context.assembly import Assembled
 from gateway.protocol import RequestId
 from gateway.store import TurnRows
@@ -35,6 +36,9 @@ class Relay:
         request_id: RequestId,
         send_raw: SendRaw,
         started: float,
+        *,
+        step: int = 1,
+        stream_tool_input: bool = False,
     ) -> None:
         self.s = services
         self.obs = obs
@@ -42,15 +46,19 @@ class Relay:
         self.assembled = assembled
         self.send_raw = send_raw
         self.started = started
+        self.step = step
+        self.stream_tool_input = stream_tool_input
         self.reply = Reply()
         # When the upstream request behind `reply` was sent: the moment it is priced at (docs/PRICING.md).
         self.sent_at = services.clock.now()
         self.first_token_ms: int | None = None
         self.relayed = False
+        self.failed_attempts: list[Priced] = []  # attempts that were billed, then retried: each has its usage row
         rid = json.dumps(request_id)
         ids = f'"id":{rid},"requestId":{rid},"sessionId":"{rows.session.id}","messageId":"{rows.assistant_message.id}"'
         self._delta_prefix = '{"type":"chat.stream.delta",' + ids + ',"delta":'
         self._thinking_prefix = '{"type":"chat.stream.thinking",' + ids + ',"delta":'
+        self._tool_input_prefix = '{"type":"chat.tool.input.delta",' + ids + f',"step":{step},"toolUseId":'
 
     async def run(self, touch: Callable[[], None]) -> None:
         """Stream the request to its `message_stop`, calling `touch` after each relayed delta (the checkpoint clock).
@@ -71,13 +79,19 @@ class Relay:
                         out = self.reply.feed(event)
                         if out is None:
                             continue
+                        kind, chunk = out
+                        if kind == "tool_input":
+                            if not self.stream_tool_input:
+                                continue
+                            frame = self._tool_input_frame(event["index"], chunk)
+                        else:
+                            prefix = self._delta_prefix if kind == "text" else self._thinking_prefix
+                            frame = prefix + json.dumps(chunk, ensure_ascii=False) + "}"
                         if self.first_token_ms is None:
                             self.first_token_ms = int((time.monotonic() - self.started) * 1000)
                         self.relayed = True
-                        kind, chunk = out
-                        prefix = self._delta_prefix if kind == "text" else self._thinking_prefix
                         # Awaited: a slow reader slows its own stream (and its upstream read), nothing else.
-                        await self.send_raw(prefix + json.dumps(chunk, ensure_ascii=False) + "}")
+                        await self.send_raw(frame)
                         self.obs.relayed(received)
                         touch()
                 if not self.reply.finished:
@@ -100,9 +114,18 @@ class Relay:
                 # Forget the failed attempt before recording it: if we are cancelled while saving it or during the
                 # backoff, settle() must not record the same upstream request a second time.
                 failed, self.reply = self.reply, Reply()
-                await record_failed_attempt(s, self.rows, failed, self.assembled, self.sent_at, self.started)
+                priced = await record_failed_attempt(
+                    s, self.rows, failed, self.assembled, self.sent_at, self.started, self.step
+                )
+                if priced is not None:
+                    self.failed_attempts.append(priced)
                 attempt += 1
                 await asyncio.sleep(self._backoff(attempt, wait))
+
+    def _tool_input_frame(self, index: int, chunk: str) -> str:
+        block = self.reply.block(index) or {}
+        ids = json.dumps(block.get("id")) + ',"name":' + json.dumps(block.get("name"))
+        return self._tool_input_prefix + ids + ',"delta":' + json.dumps(chunk, ensure_ascii=False) + "}"
 
     def _backoff(self, attempt: int, server_wait: float | None) -> float:
         cfg = self.s.settings

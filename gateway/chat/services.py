@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.billing.budgets import BudgetGuard
 from gateway.billing.prices import PriceBook
@@ -11,6 +12,7 @@ from gateway.context.tokens import TokenCounter
 from gateway.context.workspace import WorkspaceLoader
 from gateway.settings import Settings
 from gateway.store import Store
+from gateway.tools.registry import ToolRegistry
 
 from .held import HeldReplies
 from .key_vault import KeyProvider, Vault
@@ -29,9 +31,12 @@ class Services:
     tokens: TokenCounter
     locks: SessionLocks
     budgets: BudgetGuard
+    tools: ToolRegistry
     metrics: Metrics = field(default_factory=Metrics)
     active_turns: set[object] = field(default_factory=set)
     held: HeldReplies = field(default_factory=HeldReplies)  # replies waiting for the database to come back
+    # Turns running in this process, by session (typed loosely: chat.turn imports this module).
+    live_turns: dict[str, Any] = field(default_factory=dict)
 
     @property
     def clock(self) -> Clock:
@@ -51,5 +56,6 @@ class Services:
             tokens=TokenCounter(),
             locks=locks,
             budgets=BudgetGuard(store, prices),
+            tools=ToolRegistry(settings),
             metrics=metrics or Metrics(),
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,23 +12,22 @@ from gateway import errors
 from gateway.billing.budgets import Reservation
 from gateway.context.assembly import Assembled, assemble
 from gateway.context.inspection import calibrated, calibration_ratio, estimate_input_tokens, measure
+from gateway.context.workspace import Workspace
 from gateway.protocol import Request, RequestId
 from gateway.store import HistoryItem, TurnRows
 from gateway.store.chats import new_id
-from gateway.store.models import ApiKey, ChatSession, Message
+from gateway.store.models import ApiKey, ChatSession
 from gateway.store.snapshots import StaleSnapshot
 
-from .checkpoints import Checkpointer
 from .locks import SessionLease
-from .relay import Relay, SendRaw
+from .relay import SendRaw
+from .request import CANCEL_STATUS, TurnContext
 from .services import Services
-from .turn_end import Ending, end_begun_after_cancel, settle
+from .tool_loop import ToolLoop
+from .turn_end import end_begun_after_cancel
 from .turn_frames import duplicate_frame, error_with, model_for, session_key
 
 log = logging.getLogger(__name__)
-
-# Why the stream was cut short -> the status its reply and usage row keep.
-_CANCEL_STATUS = {"cancelled": "cancelled", "client_gone": "disconnected", "shutdown": "interrupted"}
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -49,6 +47,13 @@ class Turn:
         self._budget: Reservation | None = None
         self.obs = services.metrics.turn(request.id, request.get("content"))
         self.over = False  # the terminal frame is on its way: this connection may start its next turn
+        self.ctx: TurnContext | None = None
+        self.first_reply_id = ""
+        # "streaming" (a model request) or "tools" (running calls, waiting on approvals): a client that leaves
+        # during "tools" does not cancel the turn, so a pending approval can still be answered after a reconnect.
+        self.phase = "starting"
+        self.detached = False  # its connection is gone; `attach` gives it another
+        self.task: asyncio.Task[None] | None = None
 
     @property
     def rid(self) -> RequestId:
@@ -80,15 +85,35 @@ class Turn:
         await self.send(frame)
 
     async def _release(self) -> None:
-        self._release_budget()  # after settle(): the usage row now counts instead
+        self.release_budget()  # after settle(): the usage row now counts instead
         lease, self._lease = self._lease, None
         if lease is not None:
             await lease.release()
 
-    def _release_budget(self) -> None:
+    def release_budget(self) -> None:
         budget, self._budget = self._budget, None
         if budget is not None:
             budget.release()
+
+    async def reserve_budget(self, workspace: Workspace, model: str, estimate: int, max_tokens: int) -> None:
+        """Hold the next request's worst case against the agent's caps and the key's (BUDGET_EXCEEDED when it could
+        pass one)."""
+        self._budget = await self.s.budgets.reserve(workspace, model, estimate, max_tokens, key=self.key)
+
+    def connected(self) -> bool:
+        return not self.detached
+
+    def detach(self) -> None:
+        """The client left while the turn runs tools: frames go nowhere until a connection `attach`es."""
+        self.detached = True
+
+        async def nowhere(_: Any) -> None:
+            return None
+
+        self.send, self.send_raw = nowhere, nowhere
+
+    def attach(self, send: Send, send_raw: SendRaw) -> None:
+        self.send, self.send_raw, self.detached = send, send_raw, False
 
     async def _run(self) -> None:
         s, req = self.s, self.request
@@ -107,7 +132,7 @@ class Turn:
             begun = await self._begin(key, from_snapshot=True)
         except StaleSnapshot:
             # Another process wrote to the session since this one last did; begin_turn wrote nothing.
-            self._release_budget()
+            self.release_budget()
             begun = await self._begin(key, from_snapshot=False)
         if begun is not None:
             await self._stream(*begun)
@@ -131,12 +156,14 @@ class Turn:
         model, _ = model_for(req.get("model"), session, workspace.model, s.settings.default_model)
         max_tokens: int = req.get("maxTokens") or workspace.max_tokens or s.settings.default_max_tokens
         await self._recover_orphans(history)
-        assembled = assemble(workspace, history, pending=req.get("content"), model=model, max_tokens=max_tokens)
+        toolbox = await s.tools.toolbox(workspace, req.get("tools"))
+        self.ctx = TurnContext(workspace, toolbox, history, max_tokens)
+        pending, tools = req.get("content"), toolbox.definitions
+        assembled = assemble(workspace, history, pending=pending, model=model, max_tokens=max_tokens, tools=tools)
         estimate = estimate_input_tokens(await measure(assembled, s.tokens))
-        await self._check_window(model, estimate)
+        await self.check_window(model, estimate)
         s.upstream.client()  # MISSING_API_KEY before anything is written
-        # BUDGET_EXCEEDED, ditto: the agent's caps and the key's.
-        self._budget = await s.budgets.reserve(workspace, model, estimate, max_tokens, key=self.key)
+        await self.reserve_budget(workspace, model, estimate, max_tokens)  # BUDGET_EXCEEDED, ditto
         if session is None:
             # Locked before its rows exist, so no other process's start-up recovery takes its reply for an orphan.
             new_session_id = new_id()
@@ -167,10 +194,11 @@ class Turn:
                 return None
             raise
         self.session_id = rows.session.id
+        self.first_reply_id = rows.assistant_message.id
         return rows, assembled, estimate
 
     async def _end_begun(self, writing: asyncio.Future[TurnRows]) -> None:
-        status = _CANCEL_STATUS.get(self.cancel_reason or "cancelled", "cancelled")
+        status = CANCEL_STATUS.get(self.cancel_reason or "cancelled", "cancelled")
         rows = await end_begun_after_cancel(self.s, writing, status)
         if rows is not None:
             self.session_id = rows.session.id
@@ -182,7 +210,7 @@ class Turn:
             recovered = await self.s.store.chats.recover_interrupted(message_ids=orphans)
             log.warning("session %s: marked %d replies of a dead process interrupted", self.session_id, recovered)
 
-    async def _check_window(self, model: str, estimate: int) -> None:
+    async def check_window(self, model: str, estimate: int) -> None:
         window = self.s.prices.context_window(model)
         if window is None:
             return
@@ -203,7 +231,7 @@ class Turn:
         await self._end(duplicate_frame(self.rid, user, reply))
         return True
 
-    async def _announce(self, rows: TurnRows, model: str) -> None:
+    async def announce(self, rows: TurnRows, model: str) -> None:
         if rows.session_created:
             await self.send(
                 {
@@ -226,49 +254,23 @@ class Turn:
         )
 
     async def _stream(self, rows: TurnRows, assembled: Assembled, estimate: int) -> None:
-        """From here on the reply row exists, so every way out goes through `settle`, which sets its status."""
-        s = self.s
-        message: Message = rows.assistant_message
-        started = time.monotonic()
-        relay = Relay(s, self.obs, rows, assembled, self.rid, self.send_raw, started)
-        failure: errors.GatewayError | None = None
-        status = "complete"
-
-        async def save_partial() -> None:
-            await s.store.chats.checkpoint(message.id, relay.reply.content(complete=False), relay.reply.text)
-
-        checkpointer = Checkpointer(save_partial, s.settings.checkpoint_interval_s)
+        """From here on the reply row exists, so every way out goes through the loop's saves, which set its status."""
+        self.s.live_turns[rows.session.id] = self
         try:
-            async with asyncio.timeout(s.settings.upstream_total_timeout_s):
-                await self._announce(rows, assembled.model)
-                checkpointer.start()
-                await relay.run(checkpointer.touch)
-        except asyncio.CancelledError:
-            status = _CANCEL_STATUS.get(self.cancel_reason or "cancelled", "cancelled")
-            _uncancel()
-        except errors.GatewayError as exc:
-            failure, status = exc, "failed"
-        except TimeoutError:
-            failure, status = errors.UpstreamTimeout("the turn took longer than the total upstream timeout"), "failed"
-        await checkpointer.stop()
-        ending = Ending(status, failure, started, relay.first_token_ms, relay.sent_at)
-        frame = await settle(s, self.obs, self.rid, rows, relay.reply, assembled, estimate, ending, self._holder(rows))
+            frame = await ToolLoop(self, rows, assembled, estimate).run()
+        finally:
+            self.s.live_turns.pop(rows.session.id, None)
         await self._end(frame)
 
-    def _holder(self, rows: TurnRows) -> Callable[[Callable[[], Awaitable[None]]], None]:
+    def holder(self, rows: TurnRows) -> Callable[[Callable[[], Awaitable[None]]], None]:
+        """Where the last reply's save goes when the database stays unavailable past its retries (held.py)."""
+
         def hold(save: Callable[[], Awaitable[None]]) -> None:
             # The reply could not be saved yet: its save, and the session's lock with it, outlive this turn.
             lease, self._lease = self._lease, None
             self.s.held.hold(rows.assistant_message.id, save, lease)
 
         return hold
-
-
-def _uncancel() -> None:
-    """We handled the cancellation (the partial reply is saved next); later awaits and timeouts must work normally."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
 
 
 __all__ = ["Turn", "new_id"]

@@ -1,5 +1,6 @@
-"""The end of a turn's stream, whatever ended it: price what the upstream reported, save the reply with its usage row
-(through a database outage and a second cancellation), observe, and build the one terminal frame."""
+"""The end of a model request, whatever ended it: price what the upstream reported and save the reply with its usage
+row (through a database outage and a second cancellation; past the outage's retries, held until the database is
+back: held.py). Also the end of a turn cancelled while its user turn was being written."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ from typing import Any
 from gateway import errors
 from gateway.billing.accounting import Priced
 from gateway.context.assembly import Assembled
-from gateway.protocol import RequestId
 from gateway.store import TurnRows
 from gateway.store.models import UsageRecord
 
-from .metrics import TurnObserver
 from .services import Services
-from .turn_frames import end_frame, error_with, usage_record
+from .turn_frames import usage_record
 from .upstream import Reply
 
 log = logging.getLogger(__name__)
 
 # Waits between attempts to save a finished reply while the database is unreachable.
 FINISH_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+Hold = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,34 +42,50 @@ class Ending:
     sent_at: datetime  # when the upstream request that produced the reply was sent: its price's moment
 
 
+@dataclass(frozen=True, slots=True)
+class Accounted:
+    """One model request's reply, priced, with the usage row and calibration sample to save with it."""
+
+    priced: Priced | None
+    record: UsageRecord | None
+    calibration: tuple[str, int, int] | None
+    duration_ms: int
+    saved: bool = True  # False: the database stayed unavailable; the save is held until it is back
+
+
+def account(
+    s: Services, rows: TurnRows, reply: Reply, assembled: Assembled, estimate: int, ending: Ending, step: int
+) -> Accounted:
+    duration_ms = int((time.monotonic() - ending.started) * 1000)
+    if reply.message_id is None:
+        return Accounted(None, None, None, duration_ms)  # nothing was billed
+    priced = s.prices.price(assembled.model, reply.usage, ending.sent_at)
+    record = usage_record(
+        rows, priced, ending.status, duration_ms, ending.first_token_ms, estimate, reply.message_id, ending.sent_at,
+        step, reply.server_tools,
+    )  # fmt: skip
+    calibration = None
+    if ending.status == "complete" and reply.usage.prompt_tokens > 0:
+        calibration = (assembled.model, estimate, reply.usage.prompt_tokens)
+    return Accounted(priced, record, calibration, duration_ms)
+
+
 async def settle(
     s: Services,
-    obs: TurnObserver,
-    rid: RequestId,
     rows: TurnRows,
     reply: Reply,
     assembled: Assembled,
     estimate: int,
     ending: Ending,
-    hold: Callable[[Callable[[], Awaitable[None]]], None],
-) -> dict[str, Any]:
-    """Save the reply and account for it; returns the terminal frame (`chat.stream.end`, or the failure's error).
-
-    When the database stays unavailable past the retries, the save is given to `hold` (held.py) and the frame says
-    `pendingSave: true`."""
+    step: int,
+    hold: Hold,
+) -> Accounted:
+    """Save the turn's last reply (`rows.assistant_message`) however it ended, with its usage row. When the database
+    stays unavailable past the retries, the save is given to `hold` and `saved` is False (the end frame then says
+    `pendingSave: true`)."""
     status, failure = ending.status, ending.failure
-    duration_ms = int((time.monotonic() - ending.started) * 1000)
-    priced: Priced | None = None
-    record: UsageRecord | None = None
-    if reply.message_id is not None:
-        priced = s.prices.price(assembled.model, reply.usage, ending.sent_at)
-        record = usage_record(
-            rows, priced, status, duration_ms, ending.first_token_ms, estimate, reply.message_id, ending.sent_at
-        )
+    accounted = account(s, rows, reply, assembled, estimate, ending, step)
     stop_reason = reply.stop_reason if status == "complete" else status
-    calibration = None
-    if status == "complete" and reply.usage.prompt_tokens > 0:
-        calibration = (assembled.model, estimate, reply.usage.prompt_tokens)
     content = reply.content(complete=status == "complete")
 
     async def save() -> None:
@@ -80,39 +97,16 @@ async def settle(
             status=status,
             stop_reason=stop_reason,
             error_code=failure.code if failure else None,
-            usage=record,
-            calibration=calibration,
+            usage=accounted.record,
+            calibration=accounted.calibration,
         )
 
     # Persisting must survive a second cancellation (shutdown while we save); the client may be gone already.
-    saved = await asyncio.shield(_saved_through_outage(save))
+    saved = await asyncio.shield(saved_through_outage(save))
     if not saved:
         hold(save)
-    obs.finished(
-        session_id=rows.session.id,
-        message_id=rows.assistant_message.id,
-        agent_id=rows.session.agent_id,
-        model=assembled.model,
-        status=status,
-        stop_reason=stop_reason,
-        usage=reply.usage if reply.message_id is not None else None,
-        cost_nano=priced.cost.total if priced is not None and priced.cost is not None else None,
-        duration_ms=duration_ms,
-        error_code=failure.code if failure else None,
-    )
-    if failure is not None:
-        frame = error_with(
-            failure,
-            rid,
-            sessionId=rows.session.id,
-            messageId=rows.assistant_message.id,
-            partialText=reply.text,
-        )
-    else:
-        frame = end_frame(rid, rows, stop_reason, priced, duration_ms, status)
-    if not saved:
-        frame["pendingSave"] = True
-    return frame
+        return Accounted(accounted.priced, accounted.record, accounted.calibration, accounted.duration_ms, False)
+    return accounted
 
 
 async def end_begun_after_cancel(s: Services, writing: asyncio.Future[TurnRows], status: str) -> TurnRows | None:
@@ -152,18 +146,21 @@ async def _unstoppable(work: asyncio.Future[Any]) -> None:
 
 
 async def record_failed_attempt(
-    s: Services, rows: TurnRows, reply: Reply, assembled: Assembled, at: datetime, started: float
-) -> None:
+    s: Services, rows: TurnRows, reply: Reply, assembled: Assembled, at: datetime, started: float, step: int = 1
+) -> Priced | None:
     """An attempt that failed after the upstream reported usage was billed: its own usage row, before the retry."""
     if reply.message_id is None:
-        return  # the upstream reported no usage, so it billed nothing
+        return None  # the upstream reported no usage, so it billed nothing
     priced = s.prices.price(assembled.model, reply.usage, at)
     duration_ms = int((time.monotonic() - started) * 1000)
-    record = usage_record(rows, priced, "failed", duration_ms, None, None, reply.message_id, at)
+    record = usage_record(
+        rows, priced, "failed", duration_ms, None, None, reply.message_id, at, step, reply.server_tools
+    )
     await asyncio.shield(s.store.usage.insert(record))
+    return priced
 
 
-async def _saved_through_outage(save: Callable[[], Awaitable[None]]) -> bool:
+async def saved_through_outage(save: Callable[[], Awaitable[None]]) -> bool:
     """The reply has been paid for: ride out a database restart or failover (about 16 s) rather than lose its usage
     row; False if the database is still unavailable after that. finish_turn is safe to repeat, so a commit whose
     answer was lost is not counted twice."""

@@ -91,10 +91,13 @@ def usage_record(
     estimated_input_tokens: int | None,
     upstream_message_id: str | None,
     sent_at: datetime,
+    step: int | None = None,
+    server_tools: dict[str, int] | None = None,
 ) -> UsageRecord:
     """The usage row of one upstream request, dated when it was sent: the moment its rates are from, so the row's
     day (in reports and budgets) and its rates always agree."""
     usage, rates, cost = priced.usage, priced.rates, priced.cost
+    server_tools = server_tools or {}
     return UsageRecord(
         id=new_id(),
         session_id=rows.session.id,
@@ -126,6 +129,9 @@ def usage_record(
         first_token_ms=first_token_ms,
         created_at=sent_at,
         key_id=rows.key_id,
+        step=step,
+        web_search_requests=server_tools.get("web_search_requests", 0),
+        web_fetch_requests=server_tools.get("web_fetch_requests", 0),
     )
 
 

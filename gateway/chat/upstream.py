@@ -82,6 +82,8 @@ class Reply:
     message_id: str | None = None
     finished: bool = False  # saw message_stop
     text_parts: list[str] = field(default_factory=list)
+    # usage.server_tool_use: Anthropic's own tools run for this request (e.g. {"web_search_requests": 2}).
+    server_tools: dict[str, int] = field(default_factory=dict)
     _tool_json: dict[int, list[str]] = field(default_factory=dict)
 
     @property
@@ -100,8 +102,17 @@ class Reply:
                 out.append(block)
         return out
 
+    @property
+    def tool_uses(self) -> list[dict[str, Any]]:
+        """The calls the model made in this reply (client-side tools; server tools run at Anthropic)."""
+        return [block for block in self.blocks if block.get("type") == "tool_use"]
+
+    def block(self, index: int) -> dict[str, Any] | None:
+        return self.blocks[index] if index < len(self.blocks) else None
+
     def feed(self, event: dict[str, Any]) -> tuple[str, str] | None:
-        """Apply one event (its JSON, as the API sent it); returns ("text" | "thinking", chunk) to relay."""
+        """Apply one event (its JSON, as the API sent it); returns ("text" | "thinking" | "tool_input", chunk) to
+        relay. A tool_input chunk is a piece of a tool call's JSON input (not valid JSON alone)."""
         kind = event.get("type")
         if kind == "content_block_delta":
             delta, index = event["delta"], event["index"]
@@ -122,6 +133,7 @@ class Reply:
                 block["signature"] = block.get("signature", "") + delta["signature"]
             elif delta_type == "input_json_delta":
                 self._tool_json.setdefault(index, []).append(delta["partial_json"])
+                return ("tool_input", delta["partial_json"])
             return None
         if kind == "content_block_start":
             self._start_block(event["index"], event["content_block"])
@@ -137,12 +149,19 @@ class Reply:
             message = event["message"]
             self.message_id = message["id"]
             self.usage = TokenUsage.from_api(message.get("usage") or {})
+            self._server_tools(message.get("usage"))
         elif kind == "message_delta":
             self.stop_reason = (event.get("delta") or {}).get("stop_reason")
             self.usage = self.usage.merged(TokenUsage.from_api(event.get("usage") or {}))
+            self._server_tools(event.get("usage"))
         elif kind == "message_stop":
             self.finished = True
         return None
+
+    def _server_tools(self, usage: Any) -> None:
+        counts = usage.get("server_tool_use") if isinstance(usage, dict) else None
+        if isinstance(counts, dict):  # cumulative, like the token counts
+            self.server_tools = {k: v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool)}
 
     def _start_block(self, index: int, block: dict[str, Any]) -> None:
         data = {k: v for k, v in block.items() if v is not None}

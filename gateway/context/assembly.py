@@ -10,6 +10,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .pairing import pair_tool_blocks
 from .workspace import Workspace
 
 SECTION_NAMES = ("system_prompt", "memory", "skills", "tools", "history")
@@ -64,12 +65,10 @@ def _cache_marker(cache_mode: str) -> dict[str, str] | None:
 
 
 def replayable_content(message: StoredMessage) -> list[dict[str, Any]]:
-    """The blocks of a stored turn that the API will accept again.
-
-    Tool calls are dropped (this gateway runs no tools, so no tool_result would follow them); an unfinished reply was
-    already stored without its unsigned thinking. Blocks are shared, not copied: assembly never changes one in place.
-    """
-    return [block for block in message.content if block.get("type") not in ("tool_use", "server_tool_use")]
+    """The blocks of a stored turn that the API will accept again: all of them (tool calls and results included;
+    `pair_tool_blocks` checks their pairing), but empty text. An unfinished reply was already stored without its
+    unsigned thinking. Blocks are shared, not copied: assembly never changes one in place."""
+    return [block for block in message.content if not (block.get("type") == "text" and not block.get("text"))]
 
 
 def history_messages(
@@ -98,6 +97,7 @@ def history_messages(
         else:
             turns.append({"role": "user", "content": [block]})
             keys.append(None)
+    pair_tool_blocks(turns, keys)
     return turns, keys
 
 
@@ -133,7 +133,10 @@ def assemble(
     pending: str | None,
     model: str,
     max_tokens: int,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> Assembled:
+    """The request. `tools`: the definitions to send (a turn's toolbox: built-ins, tools.json, MCP and the client's
+    own); None sends the workspace's tools.json as it is."""
     marker = _cache_marker(workspace.cache_mode)
     system: list[dict[str, Any]] = [{"type": "text", "text": workspace.system_prompt}]
     memory_text = f"{MEMORY_HEADING}\n\n{workspace.memory}" if workspace.memory else ""
@@ -151,7 +154,7 @@ def assemble(
     turns, keys = history_messages(history, pending)
     if marker is not None:
         _mark_prefix(turns, keys, marker)
-    tools = [dict(tool) for tool in workspace.tools]
+    tools = [dict(tool) for tool in (workspace.tools if tools is None else tools)]
 
     params: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "system": system, "messages": turns}
     if tools:

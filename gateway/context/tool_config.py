@@ -25,7 +25,7 @@ class ToolLimits:
 
     max_requests: int = 10  # model requests per turn, the final summing-up one included
     max_tool_calls: int = 25
-    max_seconds: float = 600.0  # wall clock of the whole turn
+    max_seconds: float = 1800.0  # wall clock of the whole turn, approvals waited on included
     repeat_limit: int = 2  # the same tool with the same input more often than this gets an error result
     call_timeout_s: float = 60.0  # one MCP call
     client_timeout_s: float = 120.0  # one client tool call
@@ -36,11 +36,11 @@ class ToolLimits:
 _LIMITS: dict[str, tuple[type, float, float]] = {
     "max_requests": (int, 1, 1000),
     "max_tool_calls": (int, 0, 10_000),
-    "max_seconds": (float, 1, 86_400),
+    "max_seconds": (float, 0.1, 86_400),
     "repeat_limit": (int, 1, 1000),
     "call_timeout_s": (float, 0.1, 86_400),
     "client_timeout_s": (float, 0.1, 86_400),
-    "approval_timeout_s": (float, 1, 7 * 86_400),
+    "approval_timeout_s": (float, 0.1, 7 * 86_400),
     "max_result_chars": (int, 100, 10_000_000),
 }
 

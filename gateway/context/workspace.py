@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -50,7 +50,7 @@ T = TypeVar("T")
 class Skill:
     name: str
     description: str
-    folder: str = ""  # under skills/, where read_skill finds its SKILL.md
+    folder: str = field(default="", compare=False)  # under skills/, where read_skill finds its SKILL.md
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ class Workspace:
     max_tokens: int | None
     problems: tuple[str, ...]
     budget: Budget | None = None  # agent.toml [budget]; enforced by gateway/billing/budgets.py
-    tool_config: ToolConfig = ToolConfig()  # agent.toml [tools] and [mcp]; used by gateway/tools
+    tool_config: ToolConfig = field(default_factory=ToolConfig)  # agent.toml [tools] and [mcp]; used by gateway/tools
     root: Path | None = None  # the agent's folder (the default agent's may not exist); None when it was refused
 
 

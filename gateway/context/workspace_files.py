@@ -9,7 +9,7 @@ import json
 import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.billing.budget_config import Budget, budget_of_unreadable, parse_budget
@@ -67,7 +67,7 @@ class AgentConfig:
     max_tokens: int | None = None
     problems: tuple[str, ...] = ()
     budget: Budget | None = None
-    tools: ToolConfig = ToolConfig()
+    tools: ToolConfig = field(default_factory=ToolConfig)
 
 
 def _decode(data: bytes, cut: bool) -> str:

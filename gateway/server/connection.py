@@ -15,7 +15,7 @@ from gateway.chat.turn import Turn
 from gateway.protocol import Request, RequestId, dump, error_frame, parse_frame
 from gateway.store.models import ApiKey
 
-from . import queries
+from . import queries, tool_queries
 from .credentials import Credentials, token_ok
 from .frame_guard import Arrival, FrameGuard
 from .pacing import Pacer
@@ -32,6 +32,7 @@ QUERIES: dict[str, Query] = {
     "session.delete": queries.session_delete,
     "usage.query": queries.usage_query,
     "context.inspect": queries.context_inspect,
+    "session.pending": tool_queries.session_pending,
 }
 
 
@@ -178,6 +179,12 @@ class Connection:
             self._start_turn(request)
         elif request.type == "chat.cancel":
             await self._cancel(request)
+        elif request.type == "chat.tool.approve":
+            frame, call = await tool_queries.tool_approve(self.s, request)
+            self._adopt(call.session_id)
+            await self.send({"id": request.id, **frame})
+        elif request.type == "chat.tool.result":
+            await self.send({"id": request.id, **tool_queries.client_result(self.s, request)})
         elif request.type == "ping":
             await self.send({"type": "pong", "id": request.id})
         else:
@@ -203,13 +210,28 @@ class Connection:
                 sessionId=self.turn.session_id,
             )
         self.turn = Turn(self.s, request, self.send, self.send_raw, self.key)
-        self.turn_task = asyncio.create_task(self.turn.run(), name=f"turn-{request.id}")
+        self.turn_task = self.turn.task = asyncio.create_task(self.turn.run(), name=f"turn-{request.id}")
+        self.s.active_turns.add(self)
+
+    def _adopt(self, session_id: str) -> None:
+        """A client answering an approval of a turn whose own client left takes over that turn's frames (and can
+        cancel it), unless it is busy with a turn of its own."""
+        turn = self.s.live_turns.get(session_id)
+        busy = self.turn is not None and not self.turn.over and self.turn_task is not None and not self.turn_task.done()
+        if turn is None or not turn.detached or busy or turn.task is None:
+            return
+        turn.attach(self.send, self.send_raw)
+        self.turn, self.turn_task = turn, turn.task
         self.s.active_turns.add(self)
 
     async def _cancel(self, request: Request) -> None:
         session_id: str = request.get("sessionId")
         send_id = request.get("sendId")
         turn, task = self.turn, self.turn_task
+        orphan = self.s.live_turns.get(session_id)
+        if orphan is not None and orphan.detached and (turn is None or turn.over or turn.session_id != session_id):
+            # A turn whose client left while it waited on tools or an approval: whoever reconnects may end it.
+            turn, task = orphan, orphan.task
         if (
             turn is None
             or task is None
@@ -221,12 +243,13 @@ class Connection:
             raise errors.NothingToCancel(
                 f"nothing is streaming in session {session_id} on this connection", sessionId=session_id
             )
-        await self.stop_turn("cancelled")
+        await self.stop_turn("cancelled", turn, task)
         await self.send({"type": "chat.cancelled", "id": request.id, "sessionId": session_id})
 
-    async def stop_turn(self, reason: str) -> None:
+    async def stop_turn(self, reason: str, turn: Turn | None = None, task: asyncio.Task[None] | None = None) -> None:
         """Cancel the running turn and wait until it has saved its partial reply and sent its terminal frame."""
-        turn, task = self.turn, self.turn_task
+        if turn is None:
+            turn, task = self.turn, self.turn_task
         if turn is None or task is None or task.done():
             return
         turn.cancel_reason = reason
@@ -240,7 +263,11 @@ class Connection:
         self.gone = True
         task = self.turn_task
         try:
-            if task is not None and not task.done():
+            if task is not None and not task.done() and self.turn is not None and self.turn.phase == "tools":
+                # Waiting on tools or an approval: the turn goes on without a client (a reconnecting one can still
+                # answer, or cancel it); it ends before its next model request if no one has come back by then.
+                self.turn.detach()
+            elif task is not None and not task.done():
                 if self.s.settings.on_disconnect == "finish":
                     await asyncio.wait({task})
                 else:

@@ -14,6 +14,8 @@ from gateway.protocol import Request, parse_time
 from gateway.store import UsageFilters
 from gateway.store.models import ChatSession, Message
 
+from .tool_queries import call_fields, pending_fields
+
 
 def session_fields(session: ChatSession) -> dict[str, Any]:
     return {
@@ -68,11 +70,15 @@ async def session_list(s: Services, req: Request) -> dict[str, Any]:
 async def session_history(s: Services, req: Request) -> dict[str, Any]:
     session = await _session(s, req.get("sessionId"))
     page = await s.store.sessions.history(session.id, req.get("limit"), req.get("beforeSeq"))
+    calls = await s.store.tools.calls_of([m.id for m in page.messages if m.role == "assistant"])
+    pending = await s.store.tools.pending(session.id, s.clock.now())
     return {
         "type": "session.history.result",
         **session_fields(session),
         "messages": [message_fields(m) for m in page.messages],
         "hasMore": page.has_more,
+        "toolCalls": [call_fields(c) for c in calls],
+        "pending": [pending_fields(c) for c in pending],
     }
 
 
@@ -117,7 +123,9 @@ async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
     draft: str | None = req.get("content")
     # A blank draft is no draft: chat.send would refuse it, and the API rejects empty text blocks.
     pending = draft if draft is not None and draft.strip() else None
-    assembled = assemble(workspace, history, pending=pending, model=model, max_tokens=max_tokens)
+    toolbox = await s.tools.toolbox(workspace, req.get("tools"))
+    tools = toolbox.definitions
+    assembled = assemble(workspace, history, pending=pending, model=model, max_tokens=max_tokens, tools=tools)
     ratio = calibration_ratio(await s.store.chats.calibration(model))
     frame: dict[str, Any] = {
         "type": "context.inspection",
@@ -126,7 +134,7 @@ async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
         "agentId": session.agent_id,
         **inspection_body(assembled, await measure(assembled, s.tokens), s.prices, at=s.clock.now(), ratio=ratio),
         "modelSource": model_source,
-        "problems": list(workspace.problems),
+        "problems": [*workspace.problems, *toolbox.problems],
     }
     if req.get("exact"):
         try:

@@ -1,6 +1,6 @@
 """All SQL lives here: the ORM models (`models`), engine and migration set-up (`db`), and the stores that run every
-statement (chats, history, tool_calls, usage, calibration, snapshots, copy). Callers get plain results; no one else opens a DB
-session.
+statement (chats, history, tool_calls, usage, calibration, snapshots, copy). Callers get plain results; no one else
+opens a DB session.
 
 It may import only the shared bottom (`gateway.errors`, `gateway.settings`) and SQLAlchemy; every other package may
 import it.
@@ -25,7 +25,7 @@ class Store:
         self.sessions = SessionStore(database)
         self.usage = UsageStore(database)
         self.keys = KeyStore(database, clock)
-        self.tools = ToolCallStore(database)
+        self.tools = ToolCallStore(database, clock)
 
 
 __all__ = [

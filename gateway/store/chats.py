@@ -183,6 +183,10 @@ class ChatStore:
             self._snapshots.begun(rows.assistant_message.id, rows.session, history, as_read)
         return rows
 
+    def forget_turn(self, reply_id: str) -> None:
+        """The turn went on past its first reply (a tool loop): the next send reads the session afresh."""
+        self._snapshots.abandon(reply_id)
+
     async def checkpoint(self, message_id: str, content: list[dict[str, Any]], text: str) -> None:
         params = {"message_id": message_id, "content": content, "text": text, "now": self._clock.now()}
         await self._db.run(lambda conn: conn.execute(sql.CHECKPOINT, params), write=True)

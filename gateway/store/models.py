@@ -249,7 +249,8 @@ class ToolCall(Base):
     # pending (awaiting approval) -> approved -> running -> done | error; or denied; or interrupted.
     status: Mapped[str] = mapped_column(String(16))
     decision: Mapped[str | None] = mapped_column(String(16))  # allow_once | allow_session | deny | expired
-    result: Mapped[Any | None] = mapped_column(JSON)  # the tool_result content as sent to the model
+    # The tool_result content as sent to the model (SQL NULL until there is one).
+    result: Mapped[Any | None] = mapped_column(JSON(none_as_null=True))
     is_error: Mapped[bool] = mapped_column(Boolean, default=False)
     expires_at: Mapped[datetime | None] = mapped_column()  # an approval's deadline
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -17,10 +17,12 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.engine import Connection
 
+from gateway.clock import SYSTEM_CLOCK, Clock
+
 from . import chat_sql as sql
 from .base import Database
 from .history import HistoryItem, version_at
-from .models import Message, ToolCall, UsageRecord, utcnow
+from .models import Message, ToolCall, UsageRecord
 from .upserts import add_calibration, insert_usage_once
 
 CALLS = cast(Table, ToolCall.__table__)
@@ -77,8 +79,9 @@ class StepSaved:
 
 
 class ToolCallStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = database
+        self._clock = clock
 
     async def save_step(
         self,
@@ -93,15 +96,13 @@ class ToolCallStore:
         """One transaction: the step's reply finished (`reply`: FINISH_MESSAGE's parameters), its usage row, its tool
         calls and the messages that continue the turn (a streaming tool_result message rendered from `calls`, or the
         next streaming reply after a `pause_turn`)."""
-        now = utcnow()
+        now = self._clock.now()
         messages = [dict(m) for m in new_messages]
 
         def work(conn: Connection) -> None:
             conn.execute(sql.FINISH_MESSAGE, {**reply, "now": now})
             if (usage is None or insert_usage_once(conn, usage)) and calibration is not None:
                 add_calibration(conn, *calibration)
-            if calls:
-                conn.execute(CALLS.insert(), [{**c, "created_at": now} for c in calls])
             for message in messages:
                 if message["role"] == "user":
                     rows = [(c["tool_use_id"], c["status"], c.get("result"), c.get("is_error", False)) for c in calls]
@@ -109,6 +110,8 @@ class ToolCallStore:
                 message.update(created_at=now, updated_at=now)
             if messages:
                 conn.execute(sql.NEW_MESSAGES, messages)
+            if calls:
+                conn.execute(CALLS.insert(), [{**c, "created_at": now} for c in calls])
             conn.execute(_BUMP, {"session_id": session_id, "added": len(messages), "now": now})
 
         await self._db.run(work, write=True)
@@ -119,7 +122,7 @@ class ToolCallStore:
 
     async def update_call(self, call_id: str, result_message_id: str, **values: Any) -> None:
         """Change one call (its status, result, timings) and re-render the tool_result message it belongs to."""
-        now = utcnow()
+        now = self._clock.now()
 
         def work(conn: Connection) -> None:
             conn.execute(update(CALLS).where(CALLS.c.id == call_id).values(**values))
@@ -127,24 +130,33 @@ class ToolCallStore:
 
         await self._db.run(work, write=True)
 
-    async def close_results(
-        self, *, session_id: str, result_message_id: str, status: str, next_reply: Mapping[str, Any] | None
-    ) -> tuple[HistoryItem, Message | None]:
-        """The tool_result message is final (`status`); with `next_reply`, the next step's streaming reply starts in
-        the same transaction. Returns the message as a read would, and the new reply."""
-        now = utcnow()
+    async def continue_turn(
+        self,
+        *,
+        session_id: str,
+        result_message_id: str | None,
+        status: str,
+        next_reply: Mapping[str, Any] | None,
+    ) -> tuple[HistoryItem | None, Message | None]:
+        """One transaction: the tool_result message made final (`status`), and the next step's streaming reply
+        started (`next_reply`, when the turn goes on). Returns both as a read would."""
+        now = self._clock.now()
         reply = {**next_reply, "created_at": now, "updated_at": now} if next_reply is not None else None
 
-        def work(conn: Connection) -> list[dict[str, Any]]:
-            content = _rerender(conn, result_message_id, now)
-            conn.execute(_CLOSE, {"message_id": result_message_id, "status": status, "now": now})
+        def work(conn: Connection) -> list[dict[str, Any]] | None:
+            content = None
+            if result_message_id is not None:
+                content = _rerender(conn, result_message_id, now)
+                conn.execute(_CLOSE, {"message_id": result_message_id, "status": status, "now": now})
             if reply is not None:
                 conn.execute(sql.NEW_MESSAGES, [reply])
                 conn.execute(_BUMP, {"session_id": session_id, "added": 1, "now": now})
             return content
 
         content = await self._db.run(work, write=True)
-        item = HistoryItem(result_message_id, "user", content, version_at(now), status)
+        item = None
+        if result_message_id is not None and content is not None:
+            item = HistoryItem(result_message_id, "user", content, version_at(now), status)
         return item, Message(**reply) if reply is not None else None
 
     async def decide(self, tool_use_id: str, decision: str, now: datetime) -> tuple[bool, ToolCall | None]:

@@ -1,0 +1,258 @@
+"""The tool loop inside one chat.send, through the real SDK against the strict fake upstream (which refuses a
+tool_use without its tool_result, a result without its call, a thinking block replayed with the wrong signature):
+two steps, parallel calls, the frames frame by frame, and every request's usage row summing to the end frame."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientWebSocketResponse
+
+from gateway.settings import Settings
+from tests.conftest import chat, request
+from tests.fake_anthropic import FakeAnthropic, Reply, tool_reply, tool_use
+from tests.sql import sql_rows
+
+PDF_BODY = "# PDF skill\n\nUse pdftotext first."
+
+
+def make_agent(settings: Settings, name: str = "helper", toml: str = "") -> Path:
+    root = settings.agents_dir / name
+    (root / "skills" / "pdf").mkdir(parents=True)
+    (root / "skills" / "pdf" / "SKILL.md").write_text(f"---\nname: pdf\ndescription: Read PDFs.\n---\n\n{PDF_BODY}\n")
+    (root / "skills" / "pdf" / "notes.txt").write_text("page 2 is a table")
+    if toml:
+        (root / "agent.toml").write_text(toml)
+    return root
+
+
+def kinds(frames: list[dict[str, Any]]) -> list[str]:
+    """Frame types in order, runs of deltas collapsed into one."""
+    out: list[str] = []
+    for frame in frames:
+        if frame["type"] in ("chat.stream.delta", "chat.stream.thinking") and out and out[-1] == frame["type"]:
+            continue
+        out.append(frame["type"])
+    return out
+
+
+async def test_two_step_loop_frames_history_and_usage(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings, db_url: str
+) -> None:
+    make_agent(settings)
+    call = tool_use("read_skill", {"name": "pdf"})
+    fake.queue(
+        tool_reply(call, text="Let me read the skill.", input_tokens=100, output_tokens=20),
+        Reply(text="Use pdftotext.", input_tokens=150, output_tokens=10),
+    )
+    frames = await chat(ws, "How do I read a PDF?", agentId="helper")
+    assert kinds(frames) == [
+        "session.created",
+        "chat.stream.start",
+        "chat.stream.thinking",
+        "chat.stream.delta",
+        "chat.step.end",
+        "chat.tool.call",
+        "chat.tool.result",
+        "chat.stream.thinking",
+        "chat.stream.delta",
+        "chat.stream.end",
+    ]
+    by_type = {f["type"]: f for f in frames}
+    session_id = frames[0]["sessionId"]
+    step_end, call_frame, result = by_type["chat.step.end"], by_type["chat.tool.call"], by_type["chat.tool.result"]
+    assert step_end["step"] == 1 and step_end["stopReason"] == "tool_use" and step_end["toolCalls"] == 1
+    assert step_end["usage"]["inputTokens"] == 100 and step_end["messageId"] == frames[1]["messageId"]
+    assert call_frame["toolUseId"] == call["id"] and call_frame["input"] == {"name": "pdf"}
+    assert (call_frame["name"], call_frame["executor"], call_frame["policy"], call_frame["step"]) == (
+        "read_skill",
+        "builtin",
+        "allow",
+        1,
+    )
+    assert result["status"] == "done" and result["isError"] is False and result["content"] == PDF_BODY
+    assert result["durationMs"] >= 0 and result["truncated"] is False
+    end = frames[-1]
+    assert (end["status"], end["stopReason"], end["requests"], end["steps"], end["toolCalls"]) == (
+        "complete",
+        "end_turn",
+        2,
+        2,
+        1,
+    )
+    assert end["boundHit"] is None
+    assert end["usage"]["inputTokens"] == 250 and end["usage"]["outputTokens"] == 30
+    # The second request carries the call and its result, paired, after the thinking block it was signed with.
+    second = fake.requests[-1].body["messages"]
+    assert [m["role"] for m in second] == ["user", "assistant", "user"]
+    assert [b["type"] for b in second[1]["content"]] == ["thinking", "text", "tool_use"]
+    assert second[2]["content"][0]["tool_use_id"] == call["id"]
+    assert second[2]["content"][0]["content"] == PDF_BODY
+    assert fake.refusals == []
+
+    # Stored: one message per request and the results between them; one usage row per request, numbered.
+    messages = await sql_rows(
+        db_url, "select role, status, stop_reason from messages where session_id = :s order by seq", s=session_id
+    )
+    assert [(m["role"], m["status"], m["stop_reason"]) for m in messages] == [
+        ("user", "complete", None),
+        ("assistant", "complete", "tool_use"),
+        ("user", "complete", None),
+        ("assistant", "complete", "end_turn"),
+    ]
+    usage = await sql_rows(
+        db_url,
+        "select step, input_tokens, output_tokens, total_cost from usage_records where session_id = :s order by step",
+        s=session_id,
+    )
+    assert [(u["step"], u["input_tokens"], u["output_tokens"]) for u in usage] == [(1, 100, 20), (2, 150, 10)]
+    assert sum(u["total_cost"] for u in usage) == round(end["cost"]["totalCost"] * 1e9)
+    calls = await sql_rows(db_url, "select tool_use_id, name, status, executor, step, is_error from tool_calls")
+    assert [(c["tool_use_id"], c["name"], c["status"], c["executor"], c["step"]) for c in calls] == [
+        (call["id"], "read_skill", "done", "builtin", 1)
+    ]
+    session = await sql_rows(db_url, "select message_count from sessions where id = :s", s=session_id)
+    assert session[0]["message_count"] == 4
+
+    # The session goes on: the whole loop replays, paired, and the strict fake takes it.
+    more = await chat(ws, "Thanks!", sessionId=session_id)
+    assert more[-1]["type"] == "chat.stream.end", more[-1]
+    assert [m["role"] for m in fake.requests[-1].body["messages"]] == ["user", "assistant", "user", "assistant", "user"]
+    history = await request(ws, {"type": "session.history", "sessionId": session_id})
+    assert [c["toolUseId"] for c in history["toolCalls"]] == [call["id"]]
+    assert history["pending"] == []
+
+
+async def test_parallel_calls_answered_in_one_message_in_call_order(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    make_agent(settings)
+    first, second = (
+        tool_use("read_skill_file", {"skill": "pdf", "path": "notes.txt"}),
+        tool_use("read_skill", {"name": "pdf"}),
+    )
+    fake.queue(tool_reply(first, second), Reply(text="ok"))
+    frames = await chat(ws, "both", agentId="helper")
+    assert [f["toolUseId"] for f in frames if f["type"] == "chat.tool.call"] == [first["id"], second["id"]]
+    results = fake.requests[-1].body["messages"][-1]["content"]
+    assert [(b["type"], b["tool_use_id"]) for b in results] == [
+        ("tool_result", first["id"]),
+        ("tool_result", second["id"]),
+    ]
+    assert results[0]["content"] == "page 2 is a table"
+    assert frames[-1]["toolCalls"] == 2
+
+
+async def test_skill_readers_refuse_paths_out_of_the_skill(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    root = make_agent(settings)
+    (root / "SYSTEM.md").write_text("secret system prompt")
+    attempts = [
+        tool_use("read_skill_file", {"skill": "pdf", "path": "../../SYSTEM.md"}),
+        tool_use("read_skill_file", {"skill": "pdf", "path": "/etc/passwd"}),
+        tool_use("read_skill", {"name": "nope"}),
+    ]
+    fake.queue(tool_reply(*attempts), Reply(text="ok"))
+    frames = await chat(ws, "try", agentId="helper")
+    results = {f["toolUseId"]: f for f in frames if f["type"] == "chat.tool.result"}
+    assert [results[a["id"]]["isError"] for a in attempts] == [True, True, True]
+    assert "secret" not in json.dumps(fake.requests[-1].body["messages"][-1])
+    assert "no skill named 'nope'" in results[attempts[2]["id"]]["content"]
+
+
+async def test_request_bound_refuses_open_calls_and_lets_the_model_sum_up(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    make_agent(settings, toml="[tools]\nmax_requests = 3\n")
+    fake.queue(
+        tool_reply(tool_use("read_skill", {"name": "pdf"})),
+        tool_reply(tool_use("read_skill_file", {"skill": "pdf", "path": "notes.txt"})),
+        Reply(text="Here is what I found."),
+    )
+    frames = await chat(ws, "dig", agentId="helper")
+    end = frames[-1]
+    assert (end["requests"], end["steps"], end["boundHit"], end["stopReason"]) == (3, 3, "requests", "end_turn")
+    results = [f for f in frames if f["type"] == "chat.tool.result"]
+    assert [r["status"] for r in results] == ["done", "error"]
+    assert "limit of 3 model requests" in results[1]["content"]
+    bodies = [r.body for r in fake.requests]
+    assert "tool_choice" not in bodies[0] and "tool_choice" not in bodies[1]
+    assert bodies[2]["tool_choice"] == {"type": "none"} and bodies[2]["tools"] == bodies[0]["tools"]
+    assert fake.refusals == []
+
+
+async def test_tool_call_bound_runs_the_first_calls_and_refuses_the_rest(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    make_agent(settings, toml="[tools]\nmax_tool_calls = 2\n")
+    calls = [tool_use("read_skill_file", {"skill": "pdf", "path": f"n{i}.txt"}) for i in range(3)]
+    fake.queue(tool_reply(*calls), Reply(text="summary"))
+    frames = await chat(ws, "three", agentId="helper")
+    results = [f for f in frames if f["type"] == "chat.tool.result"]
+    ran = [r["content"] for r in results if r["toolUseId"] != calls[2]["id"]]
+    assert len(ran) == 2 and all("does not exist" in text for text in ran)  # they ran: there is no such file
+    refused = next(r for r in results if r["toolUseId"] == calls[2]["id"])
+    assert "limit of 2 tool calls" in refused["content"]
+    assert frames[-1]["boundHit"] == "tool_calls" and frames[-1]["toolCalls"] == 3
+    assert fake.requests[-1].body["tool_choice"] == {"type": "none"}
+
+
+async def test_the_same_call_a_third_time_is_refused_and_the_model_goes_on(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    make_agent(settings)
+    same = {"name": "pdf"}
+    fake.queue(*(tool_reply(tool_use("read_skill", same)) for _ in range(3)), Reply(text="changing approach"))
+    frames = await chat(ws, "loop", agentId="helper")
+    results = [f for f in frames if f["type"] == "chat.tool.result"]
+    assert [r["status"] for r in results] == ["done", "done", "error"]
+    assert "already called with exactly this input 2 times" in results[2]["content"]
+    assert frames[-1]["boundHit"] is None and frames[-1]["requests"] == 4
+    assert "tool_choice" not in fake.requests[-1].body
+
+
+async def test_pause_turn_is_continued_and_server_tools_are_counted(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings, db_url: str
+) -> None:
+    search = {"type": "server_tool_use", "id": "srvtoolu_01", "name": "web_search", "input": {"query": "wal"}}
+    found = {
+        "type": "web_search_tool_result",
+        "tool_use_id": "srvtoolu_01",
+        "content": [
+            {
+                "type": "web_search_result",
+                "url": "https://sqlite.org/wal.html",
+                "title": "WAL",
+                "encrypted_content": "x",
+            }
+        ],
+    }
+    fake.queue(
+        Reply(
+            text="Searching.",
+            blocks=[search, found],
+            stop_reason="pause_turn",
+            server_tool_use={"web_search_requests": 1},
+        ),
+        Reply(text="WAL is a journal mode."),
+    )
+    frames = await chat(ws, "what is WAL?")
+    end = frames[-1]
+    assert (end["stopReason"], end["requests"], end["steps"], end["toolCalls"]) == ("end_turn", 2, 2, 0)
+    steps = [f for f in frames if f["type"] == "chat.step.end"]
+    assert [s["stopReason"] for s in steps] == ["pause_turn"]
+    # Continuing sends the paused reply back as it is: the request ends with that assistant turn.
+    last = fake.requests[-1].body["messages"][-1]
+    assert last["role"] == "assistant" and [b["type"] for b in last["content"]][-2:] == [
+        "server_tool_use",
+        "web_search_tool_result",
+    ]
+    rows = await sql_rows(db_url, "select step, web_search_requests from usage_records order by step")
+    assert [(r["step"], r["web_search_requests"]) for r in rows] == [(1, 1), (2, 0)]
+    # The next turn replays both replies as one assistant turn.
+    more = await chat(ws, "thanks", sessionId=frames[0]["sessionId"])
+    assert more[-1]["type"] == "chat.stream.end"
+    assert [m["role"] for m in fake.requests[-1].body["messages"]] == ["user", "assistant", "user"]
