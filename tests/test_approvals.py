@@ -165,7 +165,7 @@ async def test_client_tool_round_trip(ws: ClientWebSocketResponse, fake: FakeAnt
     assert fake.requests[0].body["tools"][-1] == WEATHER
     await send(ws, {"type": "chat.tool.result", "id": "r1", "toolUseId": call["id"], "content": "sunny, 21 C"})
     rest = await collect(ws)
-    assert rest[0] == {"type": "chat.tool.result.recorded", "id": "r1", "toolUseId": call["id"]}
+    assert rest[0] == {"type": "chat.tool.result.recorded", "id": "r1", "requestId": "r1", "toolUseId": call["id"]}
     assert next(f for f in rest if f["type"] == "chat.tool.result")["content"] == "sunny, 21 C"
     assert fake.requests[-1].body["messages"][-1]["content"][0]["content"] == "sunny, 21 C"
     stale = await request(ws, {"type": "chat.tool.result", "id": "r2", "toolUseId": call["id"], "content": "again"})

@@ -86,7 +86,8 @@ async def test_a_failed_attempt_and_its_retry_are_each_priced_when_sent(
     clock.set(CHANGE + timedelta(seconds=1))
     fake.release()
     end = (await collect(ws))[-1]
-    assert end["type"] == "chat.stream.end" and end["cost"]["cacheReadCost"] == 0.001
+    # The end frame sums the turn's requests, the billed failed attempt at its own (older) rate included: 2M + 1M.
+    assert end["type"] == "chat.stream.end" and end["cost"]["cacheReadCost"] == 0.003 and end["requests"] == 2
     assert await usage_rows(settings.db_url) == [
         {"status": "failed", "rate_cache_read": 200, "cache_read_cost": 2_000_000, "total_cost": OLD_TOTAL},
         {"status": "complete", "rate_cache_read": 100, "cache_read_cost": 1_000_000, "total_cost": NEW_TOTAL},

@@ -256,3 +256,22 @@ async def test_pause_turn_is_continued_and_server_tools_are_counted(
     more = await chat(ws, "thanks", sessionId=frames[0]["sessionId"])
     assert more[-1]["type"] == "chat.stream.end"
     assert [m["role"] for m in fake.requests[-1].body["messages"]] == ["user", "assistant", "user"]
+
+
+async def test_tool_input_streams_only_when_asked(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    make_agent(settings)
+    call = tool_use("read_skill", {"name": "pdf"})
+    fake.queue(
+        tool_reply(call), Reply(text="ok"), tool_reply(tool_use("read_skill", {"name": "pdf"})), Reply(text="ok")
+    )
+    frames = await chat(ws, "x", agentId="helper", streamToolInput=True)
+    pieces = [f for f in frames if f["type"] == "chat.tool.input.delta"]
+    assert len(pieces) > 1 and "".join(p["delta"] for p in pieces) == '{"name":"pdf"}'
+    assert {(p["toolUseId"], p["name"], p["step"], p["requestId"]) for p in pieces} == {
+        (call["id"], "read_skill", 1, "t1")
+    }
+    assert kinds(frames).index("chat.tool.input.delta") < kinds(frames).index("chat.step.end")
+    quiet = await chat(ws, "again", sessionId=frames[0]["sessionId"])
+    assert "chat.tool.input.delta" not in kinds(quiet)

@@ -25,7 +25,7 @@ class Store:
         self.sessions = SessionStore(database)
         self.usage = UsageStore(database)
         self.keys = KeyStore(database, clock)
-        self.tools = ToolCallStore(database, clock)
+        self.tools = ToolCallStore(database, clock, self.chats.calibrations)
 
 
 __all__ = [

@@ -51,6 +51,10 @@ class ChatStore:
         self._calibrations = Calibrations(database, clock)
         self._snapshots = Snapshots()
 
+    @property
+    def calibrations(self) -> Calibrations:
+        return self._calibrations
+
     def snapshot(self, session_id: str) -> Snapshot | None:
         """The session and its history as this process last wrote them (see snapshots.py), if it remembers them."""
         return self._snapshots.get(session_id)

@@ -21,6 +21,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 
 from . import chat_sql as sql
 from .base import Database
+from .calibration import Calibrations
 from .history import HistoryItem, version_at
 from .models import Message, ToolCall, UsageRecord
 from .upserts import add_calibration, insert_usage_once
@@ -79,9 +80,12 @@ class StepSaved:
 
 
 class ToolCallStore:
-    def __init__(self, database: Database, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, database: Database, clock: Clock = SYSTEM_CLOCK, calibrations: Calibrations | None = None
+    ) -> None:
         self._db = database
         self._clock = clock
+        self._calibrations = calibrations  # the chat store's copy, kept current with the samples saved here
 
     async def save_step(
         self,
@@ -99,10 +103,11 @@ class ToolCallStore:
         now = self._clock.now()
         messages = [dict(m) for m in new_messages]
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> bool:
             conn.execute(sql.FINISH_MESSAGE, {**reply, "now": now})
-            if (usage is None or insert_usage_once(conn, usage)) and calibration is not None:
-                add_calibration(conn, *calibration)
+            counted = (usage is None or insert_usage_once(conn, usage)) and calibration is not None
+            if counted and calibration is not None:
+                add_calibration(conn, *calibration, now=now)
             for message in messages:
                 if message["role"] == "user":
                     rows = [(c["tool_use_id"], c["status"], c.get("result"), c.get("is_error", False)) for c in calls]
@@ -113,8 +118,10 @@ class ToolCallStore:
             if calls:
                 conn.execute(CALLS.insert(), [{**c, "created_at": now} for c in calls])
             conn.execute(_BUMP, {"session_id": session_id, "added": len(messages), "now": now})
+            return counted
 
-        await self._db.run(work, write=True)
+        if await self._db.run(work, write=True) and calibration is not None and self._calibrations is not None:
+            self._calibrations.added(*calibration)
         version = version_at(now)
         saved = HistoryItem(reply["message_id"], "assistant", reply["content"], version, reply["status"])
         added = [HistoryItem(m["id"], m["role"], m["content"], version, m["status"]) for m in messages]
