@@ -226,9 +226,9 @@ def _validate(raw: Any, rid: RequestId, max_content_chars: int) -> Request:
     content = fields.get("content")
     if request_type == "chat.tool.result":
         content = fields["content"] = check_result_content(content)
-        if len(json.dumps(content)) > max_content_chars:
-            raise MessageTooLarge(f"chat.tool.result: content is longer than {max_content_chars} characters")
-    elif isinstance(content, str) and len(content) > max_content_chars:
+        if isinstance(content, list):  # its text is bounded like a message's; images by the frame's size
+            content = "".join(block["text"] for block in content if block["type"] == "text")
+    if isinstance(content, str) and len(content) > max_content_chars:
         raise MessageTooLarge(
             f"{request_type}: field 'content' has {len(content)} characters; the limit is {max_content_chars}",
             field="content",

@@ -32,6 +32,8 @@ class Rule:
     max_value: int | None = None
     choices: tuple[str, ...] | None = None
     agent_id: bool = False
+    tool_list: bool = False  # a list of tool definitions (chat.send, context.inspect `tools`)
+    result_content: bool = False  # a client tool's result: text, or text and image blocks
 
 
 def _text(max_len: int = 256, *, required: bool = False) -> Rule:
@@ -40,6 +42,10 @@ def _text(max_len: int = 256, *, required: bool = False) -> Rule:
 
 _COUNT = Rule((int,), min_value=1, max_value=1_000_000)
 _AGENT = Rule((str,), agent_id=True)
+_TOOLS = Rule((list,), tool_list=True)
+DECISIONS = ("allow_once", "allow_session", "deny")
+MAX_CLIENT_TOOLS = 64
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 RULES: dict[str, dict[str, Rule]] = {
     "chat.send": {
         "content": Rule((str,), required=True, blank_ok=False),
@@ -48,13 +54,28 @@ RULES: dict[str, dict[str, Rule]] = {
         "model": _text(128),
         "maxTokens": _COUNT,
         "idempotencyKey": _text(200),
+        "tools": _TOOLS,
+        "streamToolInput": Rule((bool,)),
     },
+    "chat.tool.approve": {
+        "toolUseId": _text(128, required=True),
+        "decision": Rule((str,), required=True, choices=DECISIONS),
+        "sessionId": _text(),
+    },
+    "chat.tool.result": {
+        "toolUseId": _text(128, required=True),
+        "content": Rule((str, list), required=True, result_content=True),
+        "isError": Rule((bool,)),
+        "sessionId": _text(),
+    },
+    "session.pending": {"sessionId": _text()},
     "chat.cancel": {"sessionId": _text(required=True), "sendId": Rule((str, int))},
     "context.inspect": {
         "sessionId": _text(required=True),
         "content": Rule((str,)),
         "exact": Rule((bool,)),
         "model": _text(128),
+        "tools": _TOOLS,
     },
     "usage.query": {
         "sessionId": _text(),
@@ -114,9 +135,65 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _all_storable(value: Any) -> bool:
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, dict):
+        return all(_all_storable(k) and _all_storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_all_storable(v) for v in value)
+    return True
+
+
+def _tool_ok(tool: Any) -> bool:
+    """docs/PROTOCOL.md, chat.send `tools`: name (1-64 letters, digits, _, -), optional description, input_schema
+    (a JSON Schema with "type": "object"), no other keys."""
+    if not isinstance(tool, dict) or not set(tool) <= {"name", "description", "input_schema"}:
+        return False
+    name = tool.get("name")
+    ascii_word = isinstance(name, str) and all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
+    schema = tool.get("input_schema")
+    return (
+        ascii_word
+        and 1 <= len(name) <= 64
+        and isinstance(tool.get("description", ""), str)
+        and isinstance(schema, dict)
+        and schema.get("type") == "object"
+    )
+
+
+def _tools_broken(tools: list[Any]) -> bool:
+    names = [t.get("name") for t in tools if isinstance(t, dict)]
+    return (
+        len(tools) > MAX_CLIENT_TOOLS
+        or not all(_tool_ok(t) for t in tools)
+        or len(set(names)) != len(names)
+        or not _all_storable(tools)
+    )
+
+
+def _block_ok(block: Any) -> bool:
+    if not isinstance(block, dict):
+        return False
+    if block.get("type") == "text":
+        return set(block) == {"type", "text"} and isinstance(block["text"], str)
+    source = block.get("source") if block.get("type") == "image" else None
+    return (
+        isinstance(source, dict)
+        and source.get("type") == "base64"
+        and source.get("media_type") in IMAGE_TYPES
+        and isinstance(source.get("data"), str)
+    )
+
+
 def _broken(rule: Rule, value: Any) -> bool:
     if not any(_is_int(value) if kind is int else isinstance(value, kind) for kind in rule.kinds):
         return True
+    if isinstance(value, list):
+        if rule.tool_list:
+            return _tools_broken(value)
+        if rule.result_content:
+            return not all(_block_ok(b) for b in value) or not _all_storable(value)
     if isinstance(value, str):
         return (
             not _storable(value)
@@ -201,6 +278,13 @@ def refusals(text: str, *, max_content_chars: int) -> set[Refusal]:
         elif _broken(rule, value):
             found.add(("INVALID_MESSAGE", name))
     content = frame.get("content")
+    if (
+        isinstance(content, list)
+        and frame.get("type") == "chat.tool.result"
+        and ("INVALID_MESSAGE", "content") not in found
+    ):
+        # A client tool's result: its text (the text blocks together) is bounded like a message's.
+        content = "".join(b["text"] for b in content if b.get("type") == "text")
     if isinstance(content, str) and len(content) > max_content_chars:
         found.add(("MESSAGE_TOO_LARGE", "content"))
     return found
@@ -219,6 +303,17 @@ def expected_answer(kind: str, fields: dict[str, Any], session_id: str, session_
         return "auth.ok"  # the live gateway has no token: any token is accepted
     if kind == "chat.cancel":
         return "NOTHING_TO_CANCEL"  # every stream has ended before the next frame is sent
+    if kind in ("chat.tool.approve", "chat.tool.result"):
+        return "TOOL_CALL_NOT_FOUND"  # no turn here ever waits on a call
+    if kind == "session.pending":
+        return "session.pending" if session is None or known else "SESSION_NOT_FOUND"
+    # The default agent has the built-in memory tool, and a client tool may not take its name; an unknown session or
+    # agent is refused first.
+    clash = any(t.get("name") == "memory" for t in fields.get("tools") or [])
+    if clash and kind == "context.inspect" and known:
+        return "INVALID_MESSAGE"
+    if clash and kind == "chat.send" and agent in (None, "default") and (session is None or known):
+        return "INVALID_MESSAGE"
     if kind in ("session.history", "session.delete", "context.inspect"):
         if not known:
             return "SESSION_NOT_FOUND"

@@ -77,6 +77,17 @@ plausible: dict[str, st.SearchStrategy[Any]] = {
     "groupBy": st.sampled_from(["model", "day", "session", "agent"]),
     "since": st.sampled_from(["2026-11-01", "2026-11-25T10:00:00Z"]),
     "exact": st.booleans(),
+    "decision": st.sampled_from(["allow_once", "allow_session", "deny"]),
+    "toolUseId": st.sampled_from(["toolu_01", "toolu_nope"]),
+    "tools": st.sampled_from(
+        [
+            [],
+            [{"name": "lookup", "input_schema": {"type": "object"}}],
+            [{"name": "memory", "input_schema": {"type": "object"}}],
+        ]
+    ),
+    "isError": st.booleans(),
+    "streamToolInput": st.booleans(),
     "id": st.one_of(st.text(max_size=20), st.integers()),
 }
 nasty = st.sampled_from(NASTY)

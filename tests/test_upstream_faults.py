@@ -131,7 +131,7 @@ async def test_whole_turn_deadline(gateway_factory: Factory, settings: Settings,
     ws = await (await gateway_factory(settings.with_overrides(upstream_total_timeout_s=1.0))).ws()
     fake.queue(Reply(text=TEXT, hold_after_deltas=1))
     error = await _fails(ws, "UPSTREAM_TIMEOUT", True)
-    assert error["message"] == "the turn took longer than the total upstream timeout"
+    assert error["message"] == "the request took longer than the total upstream timeout"
     assert error["partialText"] == "one " == error["_reply"]["text"]
     assert await fake.wait_stream_closed() is True  # we hung up on the held stream
 

@@ -55,6 +55,8 @@ class ToolLoop:
         step, final = 1, False
         while True:
             ending, relay = await stream_request(self.turn, self.rows, self.assembled, step)
+            if step == 1:
+                self.started = ending.started  # the turn's duration counts from its first request, as its row does
             reply = relay.reply
             for attempt in relay.failed_attempts:
                 self.totals.add(attempt)
@@ -65,7 +67,9 @@ class ToolLoop:
                 accounted = await settle(self.s, self.rows, reply, self.assembled, self.estimate, ending, step, hold)
                 self.totals.add(accounted.priced)
                 stop_reason = reply.stop_reason if ending.status == "complete" else ending.status
-                frame = self._end(ending.status, stop_reason, ending.failure, reply.text)
+                # Measured as the last row's duration was, so a one-request turn's frame and row agree exactly.
+                ms = int((ending.started - self.started) * 1000) + accounted.duration_ms
+                frame = self._end(ending.status, stop_reason, ending.failure, reply.text, ms)
                 if not accounted.saved:
                     frame["pendingSave"] = True
                 return frame
@@ -211,9 +215,15 @@ class ToolLoop:
         }
 
     def _end(
-        self, status: str, stop_reason: str | None, failure: errors.GatewayError | None, text: str
+        self,
+        status: str,
+        stop_reason: str | None,
+        failure: errors.GatewayError | None,
+        text: str,
+        duration_ms: int | None = None,
     ) -> dict[str, Any]:
-        duration_ms = int((time.monotonic() - self.started) * 1000)
+        if duration_ms is None:
+            duration_ms = int((time.monotonic() - self.started) * 1000)
         rows, totals = self.rows, self.totals
         priced: Priced = totals.priced()
         self.turn.obs.finished(
