@@ -12,7 +12,12 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import Date
+
+from gateway.server.handlers import SERVICES
 from gateway.settings import Settings
+from gateway.store.keys import new_key
+from gateway.store.models import Base, UTCDateTime
 from tests.clock import SetClock, utc
 from tests.conftest import Gateway, chat, collect, request, send
 from tests.fake_anthropic import FakeAnthropic, Reply
@@ -154,3 +159,50 @@ async def test_budget_days_and_months_follow_the_gateways_clock(
         ("monthly", "2026-11-01T00:00:00Z", 10_020_000),
     }
     await ws.close()
+
+
+async def test_every_timestamp_written_comes_from_the_gateways_clock(
+    gateway_factory: Factory, settings: Settings, fake: FakeAnthropic
+) -> None:
+    """Whatever a gateway writes, through every path that writes, is dated by its clock: set far from today, not
+    one stored date or time may fall on another day."""
+    clock = SetClock(utc("2031-02-03T04:05:06"))
+    gateway = await _gateway(gateway_factory, settings, clock)
+    store = gateway.app[SERVICES].store
+    key = new_key()
+    await store.keys.create("laptop", key, daily_cap=None, monthly_cap=None)
+    await store.keys.create("old", new_key(), daily_cap=None, monthly_cap=None)
+    assert await store.keys.revoke("old")
+    ws = await gateway.ws(headers={"Authorization": f"Bearer {key}"})  # a named key: its last use is stored
+    session_id = (await chat(ws, "first"))[0]["sessionId"]
+    # A billed attempt that failed before any text, then its retry; then a reply cancelled while it streams.
+    fake.queue(Reply(error_after_deltas=0, thinking=None, **TOKENS), Reply(text="second", hold_after_deltas=1))
+    await send(ws, {"type": "chat.send", "id": "h", "content": "second", "sessionId": session_id})
+    await fake.wait_held()
+    await send(ws, {"type": "chat.cancel", "id": "c", "sessionId": session_id})
+    assert (await collect(ws, until=("chat.cancelled",)))[-2]["status"] == "cancelled"
+    assert (await request(ws, {"type": "context.inspect", "sessionId": session_id}))["type"] == "context.inspection"
+    assert (await request(ws, {"type": "usage.query", "groupBy": "day"}))["groups"][0]["key"] == "2031-02-03"
+    await ws.close()
+    written: dict[str, list[str]] = {}
+    for table in Base.metadata.sorted_tables:
+        columns = [c.name for c in table.columns if isinstance(c.type, UTCDateTime | Date)]
+        if columns:
+            for row in await sql_rows(settings.db_url, f"select {', '.join(columns)} from {table.name}"):
+                for column, value in row.items():
+                    if value is not None:
+                        written.setdefault(f"{table.name}.{column}", []).append(str(value)[:10])
+    assert {where for where, days in written.items() if set(days) != {"2031-02-03"}} == set(), written
+    # Every kind of row was written, so none escaped the check above.
+    assert set(written) >= {
+        "api_keys.created_at",
+        "api_keys.last_used_at",
+        "api_keys.revoked_at",
+        "sessions.created_at",
+        "sessions.updated_at",
+        "messages.created_at",
+        "messages.updated_at",
+        "usage_records.created_at",
+        "usage_daily.day",
+        "token_calibration.updated_at",
+    }
