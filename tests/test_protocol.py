@@ -1,0 +1,115 @@
+"""What a client reads in a refusal, and how the times it sends are read: exact, on any machine's time zone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from gateway.errors import GatewayError
+from gateway.protocol import parse_frame, parse_time
+
+
+def refusal(text: str) -> tuple[str, str, str | None]:
+    with pytest.raises(GatewayError) as info:
+        parse_frame(text, max_content_chars=100)
+    return info.value.code, info.value.message, info.value.details.get("field")
+
+
+@pytest.mark.parametrize(
+    ("frame", "message", "field"),
+    [
+        ('{"type":"chat.send","content":5}', "chat.send: field 'content' must be a string", "content"),
+        (
+            '{"type":"chat.send","content":"hi","maxTokens":"9"}',
+            "chat.send: field 'maxTokens' must be an integer",
+            "maxTokens",
+        ),
+        (
+            '{"type":"chat.send","content":"hi","maxTokens":true}',
+            "chat.send: field 'maxTokens' must be an integer",
+            "maxTokens",
+        ),
+        (
+            '{"type":"chat.cancel","sessionId":"s","sendId":[]}',
+            "chat.cancel: field 'sendId' must be a string or an integer",
+            "sendId",
+        ),
+        (
+            '{"type":"context.inspect","sessionId":"s","exact":"yes"}',
+            "context.inspect: field 'exact' must be a boolean",
+            "exact",
+        ),
+        ('{"type":"chat.send","content":"  "}', "chat.send: field 'content' must not be empty", "content"),
+        (
+            '{"type":"chat.send","content":"hi","maxTokens":0}',
+            "chat.send: field 'maxTokens' must be at least 1",
+            "maxTokens",
+        ),
+        (
+            '{"type":"chat.send","content":"hi","maxTokens":1000001}',
+            "chat.send: field 'maxTokens' must be at most 1000000",
+            "maxTokens",
+        ),
+        (
+            '{"type":"usage.query","groupBy":"week"}',
+            "usage.query: field 'groupBy' must be one of model, day, session, agent, key",
+            "groupBy",
+        ),
+        (
+            '{"type":"chat.send","content":"a\\u0000b"}',
+            "chat.send: field 'content' must not contain NUL characters (U+0000)",
+            "content",
+        ),
+        (
+            '{"type":"chat.send","content":"a\\ud800"}',
+            "chat.send: field 'content' contains a lone UTF-16 surrogate (like \\ud800), not text",
+            "content",
+        ),
+        ('{"type":"session.delete"}', "session.delete: field 'sessionId' is required", "sessionId"),
+        ('{"type":"chat.send","content":"' + "x" * 101 + '"}', None, "content"),
+    ],
+)
+def test_a_refusal_says_which_field_and_why(frame: str, message: str | None, field: str) -> None:
+    code, said, named = refusal(frame)
+    assert named == field
+    if message is None:
+        assert (code, said) == ("MESSAGE_TOO_LARGE", "chat.send: field 'content' has 101 characters; the limit is 100")
+    else:
+        assert (code, said) == ("INVALID_MESSAGE", message)
+
+
+@pytest.fixture
+def new_york() -> Iterator[None]:
+    """The machine's local time zone is not UTC: a time without an offset must still be read as UTC."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TZ", "America/New_York")
+        time.tzset()
+        yield
+    time.tzset()
+
+
+@pytest.mark.usefixtures("new_york")
+@pytest.mark.parametrize(
+    ("text", "moment"),
+    [
+        ("2026-11-01", datetime(2026, 11, 1, tzinfo=UTC)),  # a date alone is its midnight UTC
+        ("2026-11-01T10:00:00", datetime(2026, 11, 1, 10, tzinfo=UTC)),
+        ("2026-11-01T10:00:00Z", datetime(2026, 11, 1, 10, tzinfo=UTC)),
+        ("2026-11-01T10:00:00+02:00", datetime(2026, 11, 1, 8, tzinfo=UTC)),
+    ],
+)
+def test_times_are_read_as_utc(text: str, moment: datetime) -> None:
+    parsed = parse_time(text, "since")
+    assert parsed is not None
+    assert (parsed, parsed.tzinfo, parsed.hour) == (moment, UTC, moment.hour)
+
+
+def test_a_time_that_is_not_one_names_its_field() -> None:
+    with pytest.raises(GatewayError) as info:
+        parse_time("last tuesday", "until")
+    assert (info.value.code, info.value.details["field"]) == ("INVALID_MESSAGE", "until")
+    assert info.value.message == "field 'until' must be an ISO 8601 date or time"
+    assert parse_time(None, "until") is None
