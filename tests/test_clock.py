@@ -7,23 +7,27 @@ per token); its input is 2000 and its output 10000 nano-USD per token throughout
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Date
 
+import gateway
 from gateway.server.handlers import SERVICES
 from gateway.settings import Settings
 from gateway.store.keys import new_key
 from gateway.store.models import Base, UTCDateTime
 from tests.clock import SetClock, utc
 from tests.conftest import Gateway, chat, collect, request, send
-from tests.fake_anthropic import FakeAnthropic, Reply
+from tests.fake_anthropic import FakeAnthropic, Reply, tool_reply, tool_use
 from tests.sql import sql_rows
 
 Factory = Callable[[Settings], Awaitable[Gateway]]
+GATEWAY = Path(gateway.__file__).parent
 CHANGE = utc("2026-10-07T00:00:00")
 JUST_BEFORE = CHANGE - timedelta(milliseconds=1)
 # 1000 input, 10 output and 10,000 cache-read tokens.
@@ -182,6 +186,17 @@ async def test_every_timestamp_written_comes_from_the_gateways_clock(
     await send(ws, {"type": "chat.cancel", "id": "c", "sessionId": session_id})
     assert (await collect(ws, until=("chat.cancelled",)))[-2]["status"] == "cancelled"
     assert (await request(ws, {"type": "context.inspect", "sessionId": session_id}))["type"] == "context.inspection"
+    # A tool call that waits for approval (it expires, is decided, starts and finishes).
+    skill = settings.agents_dir / "careful" / "skills" / "pdf"
+    skill.mkdir(parents=True)
+    (skill / "SKILL.md").write_text("---\nname: pdf\ndescription: PDFs.\n---\nthe body")
+    (settings.agents_dir / "careful" / "agent.toml").write_text('[tools.approval]\n"read_*" = "ask"\n')
+    call = tool_use("read_skill", {"name": "pdf"})
+    fake.queue(tool_reply(call), Reply(text="done"))
+    await send(ws, {"type": "chat.send", "id": "t", "content": "read it", "agentId": "careful"})
+    assert (await collect(ws, until=("chat.tool.approval",)))[-1]["expiresAt"].startswith("2031-02-03")
+    await send(ws, {"type": "chat.tool.approve", "id": "a", "toolUseId": call["id"], "decision": "allow_once"})
+    assert (await collect(ws))[-1]["type"] == "chat.stream.end"
     assert (await request(ws, {"type": "usage.query", "groupBy": "day"}))["groups"][0]["key"] == "2031-02-03"
     await ws.close()
     written: dict[str, list[str]] = {}
@@ -205,4 +220,25 @@ async def test_every_timestamp_written_comes_from_the_gateways_clock(
         "usage_records.created_at",
         "usage_daily.day",
         "token_calibration.updated_at",
+        "tool_calls.created_at",
+        "tool_calls.expires_at",
+        "tool_calls.decided_at",
+        "tool_calls.started_at",
+        "tool_calls.finished_at",
     }
+
+
+def test_no_module_reads_the_time_but_the_clock() -> None:
+    """New code asks `services.clock.now()` (or its store's clock); only gateway/clock.py reads the machine's time,
+    and the ORM's fallback default for rows written outside a gateway (gateway/store/models.py)."""
+    allowed = {Path("clock.py"), Path("store/models.py")}
+    reads: list[str] = []
+    for path in sorted(GATEWAY.rglob("*.py")):
+        if path.relative_to(GATEWAY) in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute | ast.Name):
+                name = ast.unparse(node.func)
+                if name.endswith(("datetime.now", "datetime.utcnow", "date.today", "time.time")) or name == "utcnow":
+                    reads.append(f"{path.relative_to(GATEWAY)}:{node.lineno} {name}()")
+    assert reads == []

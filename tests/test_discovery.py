@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.cli import runtime_file
@@ -18,6 +19,7 @@ from gateway.settings import Settings
 from tests.fake_anthropic import FakeAnthropic
 
 REPO = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 11, 25, 10, 30, 0, 123456, tzinfo=UTC)
 
 
 def _dead_pid() -> int:
@@ -27,10 +29,10 @@ def _dead_pid() -> int:
 
 def test_claim_writes_the_original_fields_and_release_removes_only_ours(tmp_path: Path) -> None:
     path = tmp_path / "cfg" / "runtime.json"
-    assert runtime_file.claim(path, 4567, "127.0.0.1") is True
+    assert runtime_file.claim(path, 4567, "127.0.0.1", NOW) is True
     written = json.loads(path.read_text())
     assert written["pid"] == os.getpid() and written["port"] == 4567
-    assert written["startedAt"].endswith("Z")
+    assert written["startedAt"] == "2026-11-25T10:30:00.123Z"  # the gateway's clock, as the original wrote it
     assert runtime_file.discover(path) == runtime_file.read(path)
     # Another (live) process took the file over since: ours to leave.
     path.write_text(json.dumps({"pid": os.getppid(), "port": 1, "startedAt": "x"}))
@@ -42,12 +44,12 @@ def test_a_live_gateways_file_is_kept_and_a_dead_ones_replaced(tmp_path: Path) -
     path = tmp_path / "runtime.json"
     live = {"pid": os.getppid(), "port": 3271, "startedAt": "2026-11-25T00:00:00.000Z"}
     path.write_text(json.dumps(live))
-    assert runtime_file.claim(path, 5000, "127.0.0.1") is False
+    assert runtime_file.claim(path, 5000, "127.0.0.1", NOW) is False
     assert json.loads(path.read_text()) == live
     dead = _dead_pid()
     path.write_text(json.dumps({"pid": dead, "port": 3271, "startedAt": "2026-11-25T00:00:00.000Z"}))
     assert runtime_file.discover(path) is None  # what the original CLI does with a stale file
-    assert runtime_file.claim(path, 5000, "127.0.0.1") is True
+    assert runtime_file.claim(path, 5000, "127.0.0.1", NOW) is True
     assert json.loads(path.read_text())["port"] == 5000
 
 

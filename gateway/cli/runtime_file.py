@@ -74,7 +74,7 @@ def discover(path: Path | None) -> Runtime | None:
     return found
 
 
-def claim(path: Path, port: int, host: str) -> bool:
+def claim(path: Path, port: int, host: str, now: datetime) -> bool:
     """Write the file for this process, unless another live gateway owns it. True when written."""
     current = read(path)
     if current is not None and current.pid != os.getpid() and pid_alive(current.pid):
@@ -84,7 +84,7 @@ def claim(path: Path, port: int, host: str) -> bool:
         return False
     if current is not None and current.pid != os.getpid():
         log.info("replacing %s left by pid %d, which is no longer running", path, current.pid)
-    started = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    started = now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     body = {"pid": os.getpid(), "port": port, "startedAt": started, "host": host}
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

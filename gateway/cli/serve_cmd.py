@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     discovery = _discovery_path(settings, log)
-    claimed = discovery is not None and runtime_file.claim(discovery, port, settings.host)
+    claimed = discovery is not None and runtime_file.claim(discovery, port, settings.host, settings.clock.now())
     try:
         web.run_app(create_app(settings), sock=sock, shutdown_timeout=10, print=None, access_log=None)
     finally:
