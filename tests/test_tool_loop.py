@@ -250,8 +250,25 @@ async def test_pause_turn_is_continued_and_server_tools_are_counted(
         "server_tool_use",
         "web_search_tool_result",
     ]
-    rows = await sql_rows(db_url, "select step, web_search_requests from usage_records order by step")
-    assert [(r["step"], r["web_search_requests"]) for r in rows] == [(1, 1), (2, 0)]
+    rows = await sql_rows(db_url, "select * from usage_records order by step")
+    assert [(r["step"], r["web_search_requests"], r["server_tool_cost"]) for r in rows] == [
+        (1, 1, 10_000_000),
+        (2, 0, 0),
+    ]
+    # A search costs $0.01 ($10 per 1,000) on top of the tokens, in the row's total and in the turn's.
+    assert rows[0]["total_cost"] == rows[0]["input_cost"] + rows[0]["output_cost"] + 10_000_000
+    assert end["cost"]["serverToolCost"] == 0.01
+    assert round(end["cost"]["totalCost"] * 1e9) == sum(r["total_cost"] for r in rows)
+    audit = await sql_rows(
+        db_url,
+        "SELECT COUNT(*) AS wrong FROM usage_records WHERE total_cost <> input_tokens * rate_input"
+        " + output_tokens * rate_output + cache_write_5m_tokens * rate_cache_write_5m"
+        " + cache_write_1h_tokens * rate_cache_write_1h + cache_read_tokens * rate_cache_read"
+        " + COALESCE(server_tool_cost, 0)",
+    )
+    assert audit == [{"wrong": 0}]  # docs/SQL.md's audit query, server tools included
+    report = await request(ws, {"type": "usage.query", "sessionId": frames[0]["sessionId"]})
+    assert report["grandTotal"]["serverToolCost"] == 0.01 and report["grandTotal"]["savedCost"] == 0.0
     # The next turn replays both replies as one assistant turn.
     more = await chat(ws, "thanks", sessionId=frames[0]["sessionId"])
     assert more[-1]["type"] == "chat.stream.end"
@@ -275,3 +292,42 @@ async def test_tool_input_streams_only_when_asked(
     assert kinds(frames).index("chat.tool.input.delta") < kinds(frames).index("chat.step.end")
     quiet = await chat(ws, "again", sessionId=frames[0]["sessionId"])
     assert "chat.tool.input.delta" not in kinds(quiet)
+
+
+async def test_the_inspector_shows_tools_calls_results_and_warns_when_results_dominate(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    root = make_agent(settings)
+    (root / "skills" / "pdf" / "SKILL.md").write_text("---\nname: pdf\ndescription: PDFs.\n---\n" + "word " * 20_000)
+    fake.queue(tool_reply(tool_use("read_skill", {"name": "pdf"})), Reply(text="read it"))
+    frames = await chat(ws, "read the whole skill", agentId="helper")
+    inspection = await request(
+        ws, {"type": "context.inspect", "sessionId": frames[0]["sessionId"], "tools": [CLIENT_TOOL]}
+    )
+    sections = {s["name"]: s for s in inspection["sections"]}
+    items = {i["name"]: i for i in sections["tools"]["items"]}
+    assert [i["name"] for i in sections["tools"]["items"]] == ["read_skill", "read_skill_file", "memory", "locate"]
+    assert (items["memory"]["executor"], items["memory"]["policy"]) == ("builtin", "allow")
+    assert (items["locate"]["executor"], items["locate"]["policy"]) == ("client", "ask")
+    assert sum(i["byteCount"] for i in items.values()) + len(items) + 1 == sections["tools"]["byteCount"]
+    assert all(i["tokenEstimate"] > 0 and i["costEstimate"] > 0 for i in items.values())
+    history = sections["history"]
+    assert history["toolCalls"] == 1 and history["toolResults"]["count"] == 1
+    assert history["toolResults"]["tokenEstimate"] > 0.5 * inspection["totals"]["tokenEstimate"]
+    assert len(inspection["warnings"]) == 1 and inspection["warnings"][0].startswith("tool results are")
+
+
+CLIENT_TOOL = {"name": "locate", "description": "Where the user is.", "input_schema": {"type": "object"}}
+
+
+async def test_the_wall_clock_bound_stops_a_call_that_runs_too_long(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    make_agent(settings, toml='[tools]\nmax_seconds = 0.5\n[tools.approval]\nlocate = "allow"\n')
+    fake.queue(tool_reply(tool_use("locate")), Reply(text="Out of time; here is what I know."))
+    frames = await chat(ws, "where am I?", agentId="helper", tools=[CLIENT_TOOL])  # the client never answers
+    result = next(f for f in frames if f["type"] == "chat.tool.result")
+    assert result["status"] == "interrupted" and "time limit" in result["content"]
+    end = frames[-1]
+    assert (end["type"], end["boundHit"], end["requests"]) == ("chat.stream.end", "wall_clock", 2)
+    assert fake.requests[-1].body["tool_choice"] == {"type": "none"}

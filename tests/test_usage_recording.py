@@ -58,6 +58,7 @@ async def test_every_token_type_in_end_frame_and_row(
         "cacheReadCost": 0.001,
         "totalCost": 0.025,
         "savedCost": 0.012,
+        "serverToolCost": 0.0,
         "priced": True,
     }
     [row] = await usage_rows(settings.db_url)
@@ -77,7 +78,8 @@ async def test_every_token_type_in_end_frame_and_row(
         settings.db_url,
         "SELECT COUNT(*) AS wrong FROM usage_records WHERE total_cost IS NOT NULL AND total_cost <>"
         " input_tokens * rate_input + output_tokens * rate_output + cache_write_5m_tokens * rate_cache_write_5m"
-        " + cache_write_1h_tokens * rate_cache_write_1h + cache_read_tokens * rate_cache_read",
+        " + cache_write_1h_tokens * rate_cache_write_1h + cache_read_tokens * rate_cache_read"
+        " + COALESCE(server_tool_cost, 0)",
     )
     assert audit == [{"wrong": 0}]
 
@@ -146,6 +148,7 @@ async def test_unknown_model_is_counted_but_never_priced(
         "cacheReadCost": None,
         "totalCost": None,
         "savedCost": None,
+        "serverToolCost": None,
         "priced": False,
     }
     unknown = (await usage_rows(settings.db_url))[1]

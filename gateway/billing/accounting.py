@@ -123,10 +123,11 @@ class Cost:
     cache_write: int
     cache_read: int
     uncached: int
+    server_tool: int = 0  # Anthropic's server tools billed per use (web search): in total and in uncached alike
 
     @property
     def total(self) -> int:
-        return self.input + self.output + self.cache_write + self.cache_read
+        return self.input + self.output + self.cache_write + self.cache_read + self.server_tool
 
     def plus(self, other: Cost) -> Cost:
         return Cost(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -151,7 +152,7 @@ class Priced:
         return self.cost is not None
 
 
-def compute_cost(usage: TokenUsage, rates: Rates) -> Cost:
+def compute_cost(usage: TokenUsage, rates: Rates, server_tool: int = 0) -> Cost:
     return Cost(
         input=usage.input_tokens * rates.input,
         output=usage.output_tokens * rates.output,
@@ -159,7 +160,8 @@ def compute_cost(usage: TokenUsage, rates: Rates) -> Cost:
         + usage.cache_write_1h_tokens * rates.cache_write_1h,
         cache_read=usage.cache_read_tokens * rates.cache_read,
         # Same rates (and so the same tier): without caching the prompt would have been just as long.
-        uncached=usage.prompt_tokens * rates.input + usage.output_tokens * rates.output,
+        uncached=usage.prompt_tokens * rates.input + usage.output_tokens * rates.output + server_tool,
+        server_tool=server_tool,
     )
 
 

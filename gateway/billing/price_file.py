@@ -72,7 +72,7 @@ def parse_prices(text: str, file: str, *, source: str) -> list[PriceEntry]:
         data = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{file}: not valid TOML: {exc}") from exc
-    _no_unknown(data, {"version", "checked", "models"}, file)
+    _no_unknown(data, {"version", "checked", "models", "server_tools"}, file)  # server_tools.py reads its own
     version, checked = data.get("version"), data.get("checked")
     models: Any = data.get("models", [])  # a file of comments only is a harmless empty override
     _require(version is None or isinstance(version, str), f"{file}: 'version' must be a string")

@@ -13,22 +13,26 @@ from pathlib import Path
 
 from .accounting import Priced, Rates, TokenUsage, compute_cost
 from .price_file import RATE_FIELDS, PriceEntry, apply_overrides, parse_prices
+from .server_tools import ServerToolPrice, parse_server_tools, server_tool_cost
 
 
 class PriceBook:
-    def __init__(self, entries: list[PriceEntry]) -> None:
+    def __init__(self, entries: list[PriceEntry], server_tools: dict[str, ServerToolPrice] | None = None) -> None:
         self._entries = list(entries)
         self._by_name = {name: e for e in self._entries for name in e.names}
+        self._server_tools = server_tools or {}
 
     @classmethod
     def load(cls, user_file: Path | None = None) -> PriceBook:
         """Built-in prices, then the user's file on top (a missing user file is not an error)."""
         builtin = resources.files("gateway.billing").joinpath("data", "prices.toml").read_text(encoding="utf-8")
         entries = parse_prices(builtin, "gateway/billing/data/prices.toml", source="builtin")
+        server_tools = parse_server_tools(builtin, "gateway/billing/data/prices.toml")
         if user_file is not None and user_file.is_file():
-            overrides = parse_prices(user_file.read_text(encoding="utf-8"), str(user_file), source=str(user_file))
-            entries = apply_overrides(entries, overrides)
-        return cls(entries)
+            text = user_file.read_text(encoding="utf-8")
+            entries = apply_overrides(entries, parse_prices(text, str(user_file), source=str(user_file)))
+            server_tools.update(parse_server_tools(text, str(user_file)))  # a user's entry replaces ours by name
+        return cls(entries, server_tools)
 
     @property
     def entries(self) -> tuple[PriceEntry, ...]:
@@ -43,13 +47,15 @@ class PriceBook:
         period = entry.period_at(_utc_date(at)) if entry else None
         return period.select(prompt_tokens) if period else None
 
-    def price(self, model: str, usage: TokenUsage, at: datetime) -> Priced:
+    def price(self, model: str, usage: TokenUsage, at: datetime, server_tools: dict[str, int] | None = None) -> Priced:
+        """`server_tools`: the request's usage.server_tool_use counts (web searches are priced per search)."""
         found = self.rates(model, at, usage.prompt_tokens)
         entry = self.resolve(model)
         if found is None or entry is None:
             return Priced(model=model, usage=usage, rates=None, cost=None, source=None, tier=None)
         rates, tier = found
-        return Priced(model, usage, rates, compute_cost(usage, rates), entry.source, tier)
+        extra = server_tool_cost(self._server_tools, server_tools or {}, _utc_date(at))
+        return Priced(model, usage, rates, compute_cost(usage, rates, extra), entry.source, tier)
 
     def input_rate(self, model: str, at: datetime, prompt_tokens: int = 0) -> int | None:
         """Nano-USD per input token for a prompt of this size (a tier above a threshold prices every token)."""

@@ -30,6 +30,10 @@ def totals_fields(t: UsageTotals) -> dict[str, Any]:
         "totalCost": nano_to_usd(t.total_cost),
         "totalCostNanoUsd": t.total_cost,
         "savedCost": nano_to_usd(t.uncached_cost - t.total_cost),
+        # Server tools billed per use (web searches): what the total holds beyond the token costs.
+        "serverToolCost": nano_to_usd(
+            t.total_cost - t.input_cost - t.output_cost - t.cache_write_cost - t.cache_read_cost
+        ),
         "requestCount": t.request_count,
         "unpricedRequests": t.unpriced_requests,
     }

@@ -59,7 +59,7 @@ def account(
     duration_ms = int((time.monotonic() - ending.started) * 1000)
     if reply.message_id is None:
         return Accounted(None, None, None, duration_ms)  # nothing was billed
-    priced = s.prices.price(assembled.model, reply.usage, ending.sent_at)
+    priced = s.prices.price(assembled.model, reply.usage, ending.sent_at, reply.server_tools)
     record = usage_record(
         rows, priced, ending.status, duration_ms, ending.first_token_ms, estimate, reply.message_id, ending.sent_at,
         step, reply.server_tools,
@@ -151,7 +151,7 @@ async def record_failed_attempt(
     """An attempt that failed after the upstream reported usage was billed: its own usage row, before the retry."""
     if reply.message_id is None:
         return None  # the upstream reported no usage, so it billed nothing
-    priced = s.prices.price(assembled.model, reply.usage, at)
+    priced = s.prices.price(assembled.model, reply.usage, at, reply.server_tools)
     duration_ms = int((time.monotonic() - started) * 1000)
     record = usage_record(
         rows, priced, "failed", duration_ms, None, None, reply.message_id, at, step, reply.server_tools

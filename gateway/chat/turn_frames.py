@@ -36,6 +36,7 @@ def cost_fields(priced: Priced | None) -> dict[str, Any]:
             "cacheReadCost": None,
             "totalCost": None,
             "savedCost": None,
+            "serverToolCost": None,
             "priced": False,
         }
     return {
@@ -46,6 +47,7 @@ def cost_fields(priced: Priced | None) -> dict[str, Any]:
         "cacheReadCost": nano_to_usd(cost.cache_read),
         "totalCost": nano_to_usd(cost.total),
         "savedCost": nano_to_usd(cost.saved),
+        "serverToolCost": nano_to_usd(cost.server_tool),
         "priced": True,
     }
 
@@ -130,6 +132,7 @@ def usage_record(
         created_at=sent_at,
         key_id=rows.key_id,
         step=step,
+        server_tool_cost=cost.server_tool if cost else None,
         web_search_requests=server_tools.get("web_search_requests", 0),
         web_fetch_requests=server_tools.get("web_fetch_requests", 0),
     )

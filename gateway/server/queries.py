@@ -10,6 +10,7 @@ from gateway.chat.services import Services
 from gateway.chat.turn_frames import model_for, session_key
 from gateway.context.assembly import assemble
 from gateway.context.inspection import calibration_ratio, inspection_body, measure
+from gateway.context.tool_inspection import tool_details
 from gateway.protocol import Request, parse_time
 from gateway.store import UsageFilters
 from gateway.store.models import ChatSession, Message
@@ -136,6 +137,7 @@ async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
         "modelSource": model_source,
         "problems": [*workspace.problems, *toolbox.problems],
     }
+    await tool_details(frame, s.tokens, {t.name: (t.executor, t.policy) for t in toolbox.tools})
     if req.get("exact"):
         try:
             frame["exactInputTokens"] = await s.upstream.count_tokens(assembled.params)
