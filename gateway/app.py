@@ -15,6 +15,7 @@ from gateway.chat.metrics import Metrics
 from gateway.chat.recovery import recover_orphans
 from gateway.chat.services import Services
 from gateway.chat.upstream import Upstream
+from gateway.server import anthropic_api
 from gateway.server.connection import Connection
 from gateway.server.credentials import Credentials
 from gateway.server.edge import ConnectionCaps, loopback_host_only
@@ -143,6 +144,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/gateway", gateway_ws)
     app.router.add_get("/metrics", metrics)
+    anthropic_api.add_routes(app)
     app.router.add_get("/", control_ui)
     app.router.add_static("/static/", STATIC_DIR)
     return app

@@ -79,6 +79,8 @@ class Settings:
     upstream_total_timeout_s: float = 900.0
     # Limits on what a client may send.
     max_frame_bytes: int = 4 * 1024 * 1024
+    # Largest HTTP API request body (the Messages API itself takes up to 32 MB).
+    max_request_bytes: int = 32 * 1024 * 1024
     max_content_chars: int = 1_000_000
     max_sessions_per_page: int = 200
     # Pipelined frames (sent before the answers to earlier ones) draw on these; a client that waits is never limited.
@@ -162,6 +164,7 @@ class Settings:
             upstream_read_timeout_s=_float(env, "AGENTSPACE_UPSTREAM_READ_TIMEOUT_S", 120.0),
             upstream_total_timeout_s=_float(env, "AGENTSPACE_UPSTREAM_TOTAL_TIMEOUT_S", 900.0),
             max_frame_bytes=_int(env, "AGENTSPACE_MAX_FRAME_BYTES", 4 * 1024 * 1024),
+            max_request_bytes=_int(env, "AGENTSPACE_MAX_REQUEST_BYTES", 32 * 1024 * 1024),
             max_content_chars=_int(env, "AGENTSPACE_MAX_CONTENT_CHARS", 1_000_000),
             max_sessions_per_page=_int(env, "AGENTSPACE_MAX_SESSIONS_PER_PAGE", 200),
             frames_per_second=_float(env, "AGENTSPACE_FRAMES_PER_SECOND", 50.0),

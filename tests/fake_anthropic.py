@@ -83,6 +83,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # keys lower-cased
     body: dict[str, Any]
+    raw: bytes = b""  # the body's bytes as they arrived
+    query: str = ""
 
 
 @dataclass
@@ -130,7 +132,17 @@ def create_app(fake: FakeAnthropic) -> web.Application:
     app = web.Application(client_max_size=32 * 1024 * 1024)
     app.router.add_post("/v1/messages", fake._handle_messages)
     app.router.add_post("/v1/messages/count_tokens", fake._handle_count_tokens)
+    app.router.add_get("/v1/models", fake._handle_models)
+    app.router.add_get("/v1/models/{model_id}", fake._handle_models)
     return app
+
+
+# What GET /v1/models lists, newest first, as the API shapes each entry.
+MODELS = (
+    ("claude-sonnet-5-5", "Claude Sonnet 5.5", "2026-09-30T00:00:00Z"),
+    ("claude-opus-5-5", "Claude Opus 5.5", "2026-09-30T00:00:00Z"),
+    ("claude-haiku-5-5", "Claude Haiku 5.5", "2026-08-12T00:00:00Z"),
+)
 
 
 class FakeAnthropic:
@@ -236,12 +248,16 @@ class FakeAnthropic:
 
     async def _admit(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
         """Record the request, then apply the checks the real API makes before any model work."""
+        raw = await request.read()
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
         headers = {k.lower(): v for k, v in request.headers.items()}
-        self.requests.append(RecordedRequest(request.path, headers, body if isinstance(body, dict) else {}))
+        recorded = RecordedRequest(
+            request.path, headers, body if isinstance(body, dict) else {}, raw, request.query_string
+        )
+        self.requests.append(recorded)
         if request.path == "/v1/messages":
             self._message_requests.append(self.requests[-1])
             self._notify()
@@ -258,6 +274,31 @@ class FakeAnthropic:
         if body.get("model") in self.unknown_models:
             return body, self._error(404, None, f"model: {body.get('model')}")
         return body, None
+
+    async def _handle_models(self, request: web.Request) -> web.Response:
+        """GET /v1/models (paged with limit / after_id / before_id) and GET /v1/models/{id}."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.requests.append(RecordedRequest(request.path, headers, {}))
+        auth = headers.get("authorization", "")
+        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else headers.get("x-api-key")
+        if self.api_key is not None and key != self.api_key:
+            return self._error(401, None, "invalid x-api-key")
+        entries = [{"type": "model", "id": i, "display_name": n, "created_at": c} for i, n, c in MODELS]
+        wanted = request.match_info.get("model_id")
+        if wanted is not None:
+            found = [e for e in entries if e["id"] == wanted]
+            return web.json_response(found[0]) if found else self._error(404, None, f"model: {wanted}")
+        ids = [e["id"] for e in entries]
+        start = ids.index(request.query["after_id"]) + 1 if request.query.get("after_id") in ids else 0
+        page = entries[start : start + int(request.query.get("limit", "20"))]
+        return web.json_response(
+            {
+                "data": page,
+                "has_more": start + len(page) < len(entries),
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+            }
+        )
 
     async def _handle_count_tokens(self, request: web.Request) -> web.Response:
         body, failure = await self._admit(request)

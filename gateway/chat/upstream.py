@@ -10,6 +10,7 @@ from typing import Any
 
 import anthropic
 import httpx2
+from anthropic._constants import RAW_RESPONSE_HEADER
 
 from gateway import errors
 from gateway.billing.accounting import TokenUsage
@@ -263,6 +264,18 @@ class Upstream:
         manager = self.client().messages.with_streaming_response.create(**params, stream=True)
         response = await manager.__aenter__()
         return EventStream(manager, response)
+
+    async def forward(
+        self, method: str, path: str, *, content: bytes | None, headers: dict[str, str], params: dict[str, str]
+    ) -> httpx2.Response:
+        """One HTTP API request relayed as it came (docs/HTTP_API.md): the body's bytes untouched, the client's
+        `anthropic-*` headers and query, this gateway's key. The response comes back unread, to be streamed or read
+        whole; an error status raises the SDK's APIStatusError, its response read. Retries are the client's."""
+        options: Any = {"headers": {**headers, RAW_RESPONSE_HEADER: "stream"}, "params": params}
+        client = self.client()
+        if method == "GET":
+            return await client.get(path, cast_to=httpx2.Response, options=options)
+        return await client.post(path, cast_to=httpx2.Response, content=content, options=options)
 
     async def count_tokens(self, params: dict[str, Any]) -> int:
         body = {k: v for k, v in params.items() if k in ("model", "messages", "system", "tools", "thinking")}

@@ -14,6 +14,7 @@ from .history import HistoryItem
 from .keys import KeyStore, KeyUsage
 from .sessions import HistoryPage, SessionPage, SessionStore
 from .tool_calls import StepSaved, ToolCallStore
+from .transcripts import NewMessage, TailMoved, TranscriptStore
 from .usage import UsageFilters, UsageStore, UsageTotals
 
 
@@ -26,6 +27,7 @@ class Store:
         self.usage = UsageStore(database)
         self.keys = KeyStore(database, clock)
         self.tools = ToolCallStore(database, clock, self.chats.calibrations)
+        self.transcripts = TranscriptStore(database, clock)
 
 
 __all__ = [
@@ -35,11 +37,14 @@ __all__ = [
     "HistoryPage",
     "KeyStore",
     "KeyUsage",
+    "NewMessage",
     "SessionPage",
     "SessionStore",
     "StepSaved",
     "Store",
     "ToolCallStore",
+    "TailMoved",
+    "TranscriptStore",
     "TurnRows",
     "UsageFilters",
     "UsageStore",

@@ -14,11 +14,17 @@ SESSIONS = cast(Table, ChatSession.__table__)
 MESSAGES = cast(Table, Message.__table__)
 GET_SESSION = select(SESSIONS).where(SESSIONS.c.id == bindparam("session_id"))
 NEW_SESSION = insert(SESSIONS)
-# Continuing a session: bump it, and learn both that it exists and its last seq, in one statement.
+# Continuing a session: bump it, and learn both that it exists and its last seq, in one statement. A chat.send
+# changes the conversation an HTTP client holds (gateway/chat/transcript.py): its tail no longer matches.
 BUMP_SESSION = (
     update(SESSIONS)
     .where(SESSIONS.c.id == bindparam("session_id"))
-    .values(message_count=SESSIONS.c.message_count + 2, updated_at=bindparam("now"), model=bindparam("model"))
+    .values(
+        message_count=SESSIONS.c.message_count + 2,
+        updated_at=bindparam("now"),
+        model=bindparam("model"),
+        tail_hash=None,
+    )
     .returning(
         *SESSIONS.c,
         select(func.max(MESSAGES.c.seq)).where(MESSAGES.c.session_id == bindparam("session_id")).scalar_subquery(),
