@@ -32,12 +32,16 @@ class Api:
         return anthropic.AsyncAnthropic(base_url=self.base_url, api_key=api_key, max_retries=0, **options)
 
     async def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-        engine = create_engine(self.settings.db_url)
-        try:
-            async with engine.connect() as conn:
-                return [tuple(r) for r in (await conn.execute(text(sql), params)).all()]
-        finally:
-            await engine.dispose()
+        return await db_rows(self.settings.db_url, sql, **params)
+
+
+async def db_rows(db_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(r) for r in (await conn.execute(text(sql), params)).all()]
+    finally:
+        await engine.dispose()
 
 
 async def make_api(factory: Factory, settings: Settings, **caps: int | None) -> Api:

@@ -10,13 +10,15 @@ from typing import Any
 
 import anthropic
 import pytest
+from aiohttp import web
 
+from gateway.app import create_app
 from gateway.server.handlers import SERVICES
 from gateway.settings import Settings
 from gateway.store.keys import new_key
 from tests.conftest import chat, request
 from tests.fake_anthropic import FakeAnthropic, Reply
-from tests.http_api import MODEL, Api, Factory, assistant, make_api, user
+from tests.http_api import MODEL, Api, Factory, assistant, db_rows, make_api, user
 
 SONNET_NANO = {"input": 2000, "output": 10000, "cache_read": 100, "cache_write_5m": 2500}  # nano-USD per token
 
@@ -181,3 +183,66 @@ async def test_an_unknown_agent_is_a_404(api: Api, fake: FakeAnthropic) -> None:
         await agentless.messages.create(model=MODEL, max_tokens=8, messages=[user("x")])
     await agentless.close()
     assert fake.requests == []
+
+
+async def test_shutdown_ends_a_stream_with_an_error_event_and_saves_it_interrupted(
+    gateway_factory: Factory, settings: Settings, fake: FakeAnthropic
+) -> None:
+    api = await make_api(gateway_factory, settings)
+    fake.queue(Reply(text="one two three", hold_after_deltas=1, input_tokens=250, output_tokens_before_error=2))
+    streaming = asyncio.Event()
+
+    async def app() -> BaseException | None:
+        try:
+            async with api.sdk.messages.stream(model=MODEL, max_tokens=64, messages=[user("long")]) as stream:
+                async for event in stream:
+                    if event.type == "text":
+                        streaming.set()
+        except anthropic.APIError as exc:
+            return exc
+        return None
+
+    running = asyncio.create_task(app())
+    await streaming.wait()
+    await api.gateway.client.server.close()  # what SIGTERM does
+    seen = await running
+    assert isinstance(seen, anthropic.APIStatusError) and "shutting down" in str(seen.body)
+    # The SDK raises at the error event; the gateway saves the partial reply right after writing it.
+    for _ in range(250):
+        if await api.rows("select 1 from messages where status = 'interrupted'"):
+            break
+        await asyncio.sleep(0.02)
+    (row,) = await api.rows("select status, input_tokens, output_tokens from usage_records")
+    assert row == ("interrupted", 250, 2)
+    assert await api.rows("select status, text from messages where role = 'assistant'") == [("interrupted", "one ")]
+    await api.sdk.close()
+
+
+async def test_with_finish_on_disconnect_a_reply_is_read_to_its_end(settings: Settings, fake: FakeAnthropic) -> None:
+    # As `agentspace serve` runs it (aiohttp's default): a handler is not cancelled when its client leaves; the
+    # gateway finds out when a write fails.
+    runner = web.AppRunner(create_app(settings.with_overrides(on_disconnect="finish")))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        key = new_key()
+        await runner.app[SERVICES].store.keys.create("app", key, daily_cap=None, monthly_cap=None)
+        fake.queue(Reply(text=" ".join(f"w{i}" for i in range(2000)), hold_after_deltas=2))
+        sdk = anthropic.AsyncAnthropic(base_url=f"http://127.0.0.1:{port}", api_key=key, max_retries=0)
+        manager = sdk.messages.stream(model=MODEL, max_tokens=4096, messages=[user("talk")])
+        stream = await manager.__aenter__()
+        assert [text async for text in _until_text(stream, 2)] == ["w0 ", "w1 "]
+        await manager.__aexit__(None, None, None)
+        await sdk.close()
+        fake.release()
+        assert await fake.wait_stream_closed() is False  # read to its end, not cut
+        for _ in range(500):
+            rows = await db_rows(settings.db_url, "select status, length(text) from messages where role = 'assistant'")
+            if rows and rows[0][0] != "streaming":
+                break
+            await asyncio.sleep(0.02)
+        assert rows == [("complete", len(" ".join(f"w{i}" for i in range(2000))))]
+    finally:
+        await runner.cleanup()

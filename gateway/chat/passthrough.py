@@ -3,8 +3,8 @@ budgets, session rows, usage rows and upstream client as a chat.send, with the r
 it came. Its session is the stored conversation it extends (gateway/chat/transcript.py), or the one its
 `x-agentspace-session` header names, or a new one.
 
-    async with messages_exchange(services, call) as exchange:
-        ...relay exchange.status, exchange.headers and exchange.chunks() (or await exchange.read())...
+    async with messages_exchange(Passthrough(services, call)) as turn:
+        ...relay turn.exchange's status, headers and chunks() (or await its read())...
 
 Leaving the block saves the reply and its usage row, however the exchange ended.
 """
@@ -184,13 +184,16 @@ class Passthrough:
             return
         s, ex = self.s, self.exchange
         failure = self.failure or (ex.failure if ex is not None else None)
+        reply = ex.reply if ex is not None else None
+        read_to_end = reply is not None and reply.finished
         if self.interrupted:
             status = "interrupted"
-        elif self.client_gone and s.settings.on_disconnect != "finish":
+        elif failure is not None:
+            status = "failed"
+        elif self.client_gone and (s.settings.on_disconnect != "finish" or not read_to_end):
             status = "disconnected"
         else:
-            status = "failed" if failure is not None else "complete"
-        reply = ex.reply if ex is not None else None
+            status = "complete"
         duration_ms = int((time.monotonic() - self.started) * 1000)
         priced = record = None
         if reply is not None and reply.message_id is not None:
@@ -250,10 +253,9 @@ class Passthrough:
 
 
 @contextlib.asynccontextmanager
-async def messages_exchange(services: Services, call: ApiCall) -> AsyncIterator[Passthrough]:
+async def messages_exchange(turn: Passthrough) -> AsyncIterator[Passthrough]:
     """Admit the call (GatewayError: refused), send it, and settle it when the block is left. The block reads
-    `passthrough.exchange` and marks `client_gone` if its client went away."""
-    turn = Passthrough(services, call)
+    `turn.exchange` and marks `client_gone` if its client went away (`interrupted`: the gateway stopped it)."""
     await turn.admit()
     try:
         await turn.send()

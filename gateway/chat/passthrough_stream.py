@@ -83,6 +83,7 @@ class Exchange:
         self.failure: errors.GatewayError | None = None
         self.first_token_ms: int | None = None
         self.error_body: bytes | None = None  # an error status's body, relayed as it came
+        self.stopped = False  # the gateway is shutting down: whatever happens to the read now is not the upstream's
         self._obs = obs
         self._started = started
         self._response: httpx2.Response | None = None
@@ -134,6 +135,8 @@ class Exchange:
             if self.failure is None and not self.reply.finished:
                 self.failure = errors.UpstreamError("the upstream stream ended before message_stop")
         except (httpx2.HTTPError, anthropic.APIError, OSError, TimeoutError) as exc:
+            if self.stopped:
+                return  # the shutdown cut the read (a cancelled read can surface as a timeout)
             self.failure = map_error(exc)
             yield error_event(_API_TYPE.get(self.failure.code, "api_error"), self.failure.message)
         finally:

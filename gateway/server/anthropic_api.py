@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 
 from gateway import errors
 from gateway.chat.passthrough import ApiCall, Passthrough, messages_exchange
-from gateway.chat.passthrough_stream import Exchange, relay_once
+from gateway.chat.passthrough_stream import Exchange, error_event, relay_once
 from gateway.protocol import AGENT_ID_PATTERN
 from gateway.settings import DEFAULT_AGENT
 from gateway.store.db import json_loads
@@ -26,6 +26,7 @@ from gateway.store.models import ApiKey
 from .api_errors import error_response, gateway_error, new_request_id
 from .handlers import CREDENTIALS, SERVICES, origin_allowed
 
+IN_FLIGHT = web.AppKey("http_in_flight", dict[asyncio.Task[Any], Passthrough])
 SESSION_HEADER = "x-agentspace-session"
 AGENT_HEADER = "x-agentspace-agent"
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,35}")
@@ -125,23 +126,45 @@ async def messages(request: web.Request) -> web.StreamResponse:
         )
     except Refused as refused:
         return refused.response
+    in_flight = request.app[IN_FLIGHT]
+    task = asyncio.current_task()
+    assert task is not None
+    turn = in_flight[task] = Passthrough(services, call)
     try:
-        async with messages_exchange(services, call) as turn:
+        async with messages_exchange(turn):
             exchange = turn.exchange
             assert exchange is not None and turn.session_id is not None
             headers = CIMultiDict(exchange.headers)
             headers[SESSION_HEADER] = turn.session_id
-            if not exchange.streaming:
-                return web.Response(status=exchange.status, body=await exchange.read(), headers=headers)
             try:
+                if not exchange.streaming:
+                    return web.Response(status=exchange.status, body=await exchange.read(), headers=headers)
                 return await _stream(request, turn, exchange, headers)
             except asyncio.CancelledError:
-                # A server that cancels handlers whose client left does so here; otherwise it is the shutdown.
-                transport = request.transport
-                turn.client_gone = transport is None or transport.is_closing()
+                if not turn.interrupted:
+                    # A server that cancels the handlers of clients that left (aiohttp's handler_cancellation).
+                    transport = request.transport
+                    turn.client_gone = transport is None or transport.is_closing()
                 raise
     except errors.GatewayError as exc:
+        if turn.interrupted:
+            return error_response(529, "overloaded_error", "the gateway is shutting down; retry", request_id=request_id)
         return gateway_error(exc, request_id)
+    finally:
+        in_flight.pop(task, None)
+
+
+async def stop_all(app: web.Application) -> None:
+    """At shutdown, as for WebSocket streams: end every request in flight now (a stream gets a last `error` event),
+    saving its partial reply as `interrupted`, rather than hold the shutdown for as long as a reply may take."""
+    in_flight = app[IN_FLIGHT]
+    for task, turn in list(in_flight.items()):
+        turn.interrupted = True
+        if turn.exchange is not None:
+            turn.exchange.stopped = True
+        task.cancel()
+    if in_flight:
+        await asyncio.wait(list(in_flight))
 
 
 async def _stream(
@@ -150,6 +173,26 @@ async def _stream(
     finish = request.app[SERVICES].settings.on_disconnect == "finish"
     response = web.StreamResponse(status=exchange.status, headers=headers)
     await response.prepare(request)
+    try:
+        await _relay_chunks(response, turn, exchange, finish)
+    except asyncio.CancelledError:
+        await _last_words(response, turn)
+        raise
+    await _last_words(response, turn)
+    # Not ended here: aiohttp ends the body once the handler returns, after the reply and its usage are saved, so an
+    # app that has read its whole stream finds them in SQL (as a chat.send's terminal frame follows its saving).
+    return response
+
+
+async def _last_words(response: web.StreamResponse, turn: Passthrough) -> None:
+    """A stream the shutdown cut ends with an `error` event, so the app's SDK raises instead of waiting."""
+    if turn.interrupted and not turn.client_gone:
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await response.write(error_event("overloaded_error", "the gateway is shutting down; retry"))
+
+
+async def _relay_chunks(response: web.StreamResponse, turn: Passthrough, exchange: Exchange, finish: bool) -> None:
     async with contextlib.aclosing(exchange.chunks()) as chunks:
         async for chunk in chunks:
             if turn.client_gone:
@@ -160,10 +203,6 @@ async def _stream(
                 turn.client_gone = True
                 if not finish:
                     break  # closing the upstream response stops the generation, and its billing
-    if not turn.client_gone:
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-    return response
 
 
 async def _relay(request: web.Request, method: str, path: str, content: bytes | None) -> web.Response:
@@ -197,6 +236,8 @@ async def models(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[IN_FLIGHT] = {}
+    app.on_shutdown.append(stop_all)
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", models)
