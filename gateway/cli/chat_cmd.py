@@ -122,7 +122,8 @@ def _complain(exc: GatewayClientError) -> None:
     print(f"agentspace: {exc}", file=sys.stderr)
     if isinstance(exc, AuthError):
         print(
-            "agentspace: this gateway needs its token: --token, AGENTSPACE_TOKEN or $AGENTSPACE_HOME/token",
+            "agentspace: this gateway needs its token or a key (agentspace token create --name NAME):"
+            " --token, AGENTSPACE_TOKEN or $AGENTSPACE_HOME/token",
             file=sys.stderr,
         )
 
