@@ -95,7 +95,7 @@ async def op_stream(cmd: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter() + float(cmd["warmup_s"])
         return Recorder(start=start, end=start + float(cmd["duration_s"]), stall_s=float(cmd.get("stall_s", 2.0)))
 
-    if target == "direct":
+    if target in ("direct", "http"):  # the SDK as the client: to the upstream, or to the gateway's HTTP API
         client = direct_client(cmd["url"])
         rec = recorder()
 

@@ -32,7 +32,7 @@ from .procs import (
     start_gateway,
     stopped_on_failure,
 )
-from .scenarios import TARGETS, IdleScenario, Plan, QueryScenario, StreamScenario
+from .scenarios import IdleScenario, Plan, QueryScenario, StreamScenario
 
 LOAD_REPLY_GRACE_S = 180.0
 SEED_TIMEOUT_S = 1800.0
@@ -191,14 +191,16 @@ async def run_stream(
     load: LoadGen, stack: Stack, sc: StreamScenario, log: Callable[[str], None], profile_dir: Path | None = None
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for target in TARGETS:
+    for target in sc.targets:
         log(f"bench:   {sc.name} -> {target}")
-        proc = {"direct": stack.fake, "bare": stack.bare, "gateway": stack.gateway}[target]
+        proc = {"direct": stack.fake, "bare": stack.bare, "gateway": stack.gateway, "http": stack.gateway}[target]
         assert proc is not None
+        # The HTTP API is on the gateway's port: its SDK client takes the base URL, as it would the API's.
+        url = proc.url.replace("ws://", "http://").removesuffix("/gateway") if target == "http" else proc.url
         cmd = {
             "op": "stream",
             "target": target,
-            "url": proc.url,
+            "url": url,
             "clients": sc.clients,
             "warmup_s": sc.warmup_s,
             "duration_s": sc.duration_s,
@@ -308,7 +310,7 @@ async def _run_fresh(runner: Runner, load: LoadGen, plan: Plan, out: dict[str, A
     log = runner.log
     for sc in plan.streams:
         log(f"bench: {sc.name} ({sc.upstream.words} words, {sc.upstream.delay_ms} ms apart) ...")
-        async with runner.stack(sc.key, sc.upstream, bare=True) as (stack, _):
+        async with runner.stack(sc.key, sc.upstream, bare="bare" in sc.targets) as (stack, _):
             out[sc.key] = await run_stream(load, stack, sc, log, runner.profile_dir)
     if plan.idle is not None:
         log(f"bench: {plan.idle.name} connections, then {plan.idle.streaming} streaming ...")

@@ -7,13 +7,17 @@ from dataclasses import dataclass, field, replace
 from .procs import UpstreamConfig
 
 TARGETS = ("direct", "bare", "gateway")
+# The HTTP API's scenario: the same SDK client straight to the upstream, and to the gateway's /v1/messages (`http`),
+# beside the gateway's WebSocket path (`gateway`) under the same load.
+MESSAGES_TARGETS = ("direct", "gateway", "http")
 
 
 @dataclass(frozen=True)
 class StreamScenario:
     """`clients` clients each sending turns back to back for `duration_s` (after `warmup_s`), against each target.
 
-    kind: "ttft" (time to first token vs direct), "turns" (completed turns/s vs bare) or "deltas" (deltas/s vs bare).
+    kind: "ttft" (time to first token vs direct), "turns" (completed turns/s vs bare), "deltas" (deltas/s vs bare),
+    or "messages" (the HTTP API's added first-token latency and CPU vs the WebSocket path's, both vs direct).
     """
 
     key: str
@@ -24,6 +28,7 @@ class StreamScenario:
     duration_s: float
     turns_per_session: int = 10
     stall_s: float = 2.0
+    targets: tuple[str, ...] = TARGETS
 
     @property
     def name(self) -> str:
@@ -78,6 +83,16 @@ FULL = Plan(
         StreamScenario(
             "deltas", "deltas", UpstreamConfig(words=200, delay_ms=0), clients=200, warmup_s=2, duration_s=15
         ),
+        # Ten SDK apps, each a conversation of ten turns sent whole every time, as the API is used.
+        StreamScenario(
+            "messages",
+            "messages",
+            UpstreamConfig(words=20, delay_ms=2),
+            clients=10,
+            warmup_s=2,
+            duration_s=15,
+            targets=MESSAGES_TARGETS,
+        ),
     ),
     idle=IdleScenario("idle", UpstreamConfig(words=20, delay_ms=5), connections=1000, streaming=500),
     queries=QueryScenario("queries", usage_rows=1_000_000, sessions=100_000, long_session_messages=1000, runs=40),
@@ -91,13 +106,16 @@ QUICK = Plan(
         StreamScenario("ttft50", "ttft", QUICK_UPSTREAM, clients=5, warmup_s=0.1, duration_s=0.4),
         StreamScenario("turns", "turns", QUICK_UPSTREAM, clients=10, warmup_s=0.1, duration_s=0.4),
         StreamScenario("deltas", "deltas", QUICK_UPSTREAM, clients=10, warmup_s=0.1, duration_s=0.4),
+        StreamScenario(
+            "messages", "messages", QUICK_UPSTREAM, clients=3, warmup_s=0.1, duration_s=0.4, targets=MESSAGES_TARGETS
+        ),
     ),
     idle=IdleScenario("idle", QUICK_UPSTREAM, connections=50, streaming=25, settle_s=0.1),
     queries=QueryScenario("queries", usage_rows=2000, sessions=300, long_session_messages=50, runs=5, warmup=1),
     quick=True,
 )
 
-KEYS = ("ttft1", "ttft50", "turns", "deltas", "idle", "queries")
+KEYS = ("ttft1", "ttft50", "turns", "deltas", "messages", "idle", "queries")
 
 
 def make_plan(quick: bool, only: list[str] | None, duration_s: float | None) -> Plan:

@@ -32,7 +32,7 @@ def test_quick_benchmark_runs_every_scenario_cleanly(tmp_path: Path) -> None:
     assert "gateway vs" in proc.stdout  # the table was printed
     report = json.loads(out.read_text())
     scenarios = report["scenarios"]
-    assert set(scenarios) == {*STREAMING, "idle", "queries"}
+    assert set(scenarios) == {*STREAMING, "messages", "idle", "queries"}
     assert report["machine"]["nproc"] >= 1 and report["rows"]
 
     for key in STREAMING:
@@ -43,6 +43,13 @@ def test_quick_benchmark_runs_every_scenario_cleanly(tmp_path: Path) -> None:
             assert result["unfinished"] == 0 and result["stalled"] == 0, (key, target, result)
             assert result["turns_total"] >= clients, (key, target, result)
             assert result["deltas_total"] >= result["turns_total"], (key, target, result)
+
+    # The SDK as the client: straight to the upstream, and through the gateway's HTTP API, beside its WebSocket.
+    messages = scenarios["messages"]
+    for target in ("direct", "gateway", "http"):
+        result = messages["results"][target]
+        assert result["errors"] == {} and result["unfinished"] == 0, (target, result)
+        assert result["turns_total"] >= messages["config"]["clients"], (target, result)
 
     for target in ("bare", "gateway"):
         idle = scenarios["idle"]["results"][target]

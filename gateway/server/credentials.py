@@ -18,6 +18,10 @@ from gateway.store.models import ApiKey
 
 # `last_used_at` is written at most this often per key and process: every request writing it would serialize them.
 TOUCH_EVERY_S = 60.0
+# How long this process trusts what it read of the keys: whether any is active, and a presented key's row. A key made
+# or revoked by `agentspace token` (another process) takes effect within this; a request pays no database round trip
+# for its credential meanwhile.
+KEYS_FRESH_S = 1.0
 
 
 def token_ok(expected: str | None, given: str | None) -> bool:
@@ -42,17 +46,45 @@ class Credentials:
         self._token = token
         self._keys = keys
         self._touched: dict[str, float] = {}
+        self._any_active: tuple[float, bool] | None = None
+        self._found: dict[str, tuple[float, ApiKey | None]] = {}
+        self._seen_changes = keys.changes
 
     async def required(self) -> bool:
         """Whether a client must present a credential: the gateway has a token, or at least one active key."""
-        return self._token is not None or await self._keys.any_active()
+        if self._token is not None:
+            return True
+        self._forget_if_changed()
+        now = time.monotonic()
+        if self._any_active is None or now - self._any_active[0] > KEYS_FRESH_S:
+            self._any_active = (now, await self._keys.any_active())
+        return self._any_active[1]
+
+    def _forget_if_changed(self) -> None:
+        """Keys changed through this process's own store take effect at once."""
+        if self._keys.changes != self._seen_changes:
+            self._seen_changes = self._keys.changes
+            self._any_active = None
+            self._found.clear()
+
+    async def _find(self, presented: str) -> ApiKey | None:
+        self._forget_if_changed()
+        now = time.monotonic()
+        known = self._found.get(presented)
+        if known is not None and now - known[0] <= KEYS_FRESH_S:
+            return known[1]
+        if len(self._found) > 1000:  # guesses must not grow the memory
+            self._found.clear()
+        key = await self._keys.find(presented)
+        self._found[presented] = (now, key)
+        return key
 
     async def check(self, presented: str | None) -> Verdict:
         if presented:
             if self._token is not None and token_ok(self._token, presented):
                 return Verdict(True)
             if presented.startswith(KEY_PREFIX):
-                key = await self._keys.find(presented)
+                key = await self._find(presented)
                 if key is not None and key.revoked_at is None:
                     await self._touch(key)
                     return Verdict(True, key)

@@ -53,6 +53,7 @@ class KeyStore:
     def __init__(self, database: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = database
         self._clock = clock
+        self.changes = 0  # bumped by every change made through this store: what callers cached is stale
 
     async def create(self, name: str, key: str, *, daily_cap: int | None, monthly_cap: int | None) -> ApiKey:
         row = ApiKey(
@@ -69,6 +70,7 @@ class KeyStore:
             await self._db.run(lambda conn: conn.execute(_K.insert(), values), write=True)
         except IntegrityError:
             raise ValueError(f"a key named {name!r} exists already (names stay taken after revoke)") from None
+        self.changes += 1
         return row
 
     async def find(self, key: str) -> ApiKey | None:
@@ -124,11 +126,13 @@ class KeyStore:
         """Revoke an active key; False when no active key has that name. The row stays: usage rows name it."""
         active = (ApiKey.name == name) & ApiKey.revoked_at.is_(None)
         query = update(ApiKey).where(active).values(revoked_at=self._clock.now())
+        self.changes += 1
         async with self._db.write() as db:
             return bool(getattr(await db.execute(query), "rowcount", 0))
 
     async def set_caps(self, name: str, *, daily_cap: int | None, monthly_cap: int | None) -> bool:
         query = update(ApiKey).where(ApiKey.name == name).values(daily_cap=daily_cap, monthly_cap=monthly_cap)
+        self.changes += 1
         async with self._db.write() as db:
             return bool(getattr(await db.execute(query), "rowcount", 0))
 

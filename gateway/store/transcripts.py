@@ -8,6 +8,7 @@ conversation has grown.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,10 @@ from .upserts import insert_usage_once
 
 # Bind parameters per lookup statement: SQLite allows 32766 (999 before 3.32); a long conversation takes a few.
 LOOKUP_CHUNK = 500
+# Tails of the sessions this process wrote last, remembered so that the usual request (the next turn of a
+# conversation this process served) finds its session without a database round trip, as a chat.send finds its
+# history in a snapshot. Appending checks the tail in SQL anyway, so a stale entry costs a fork, never a wrong write.
+MAX_REMEMBERED_TAILS = 10_000
 
 _S, _M = sql.SESSIONS, sql.MESSAGES
 # Appending to a session: only if its tail is still the one the request matched (another request, or a chat.send,
@@ -62,10 +67,30 @@ class TranscriptStore:
     def __init__(self, database: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = database
         self._clock = clock
+        self._tails: OrderedDict[str, str] = OrderedDict()  # tail hash -> session id
+        self._tail_of: dict[str, str] = {}  # session id -> its tail hash
+
+    def _remember(self, session_id: str, tail: str) -> None:
+        self.forget(session_id)
+        self._tails[tail] = session_id
+        self._tail_of[session_id] = tail
+        while len(self._tails) > MAX_REMEMBERED_TAILS:
+            old_tail, old_session = self._tails.popitem(last=False)
+            if self._tail_of.get(old_session) == old_tail:
+                del self._tail_of[old_session]
+
+    def forget(self, session_id: str) -> None:
+        tail = self._tail_of.pop(session_id, None)
+        if tail is not None and self._tails.get(tail) == session_id:
+            del self._tails[tail]
 
     async def find_tail(self, hashes: list[str]) -> tuple[str, int] | None:
         """The session whose tail is the longest prefix of the request, and that prefix's length; None when no stored
         conversation is a prefix of it."""
+        for length in range(len(hashes), 0, -1):
+            remembered = self._tails.get(hashes[length - 1])
+            if remembered is not None:
+                return remembered, length
         index = {h: i for i, h in enumerate(hashes, start=1)}
 
         def work(conn: Connection) -> list[tuple[str, str]]:
@@ -134,7 +159,13 @@ class TranscriptStore:
             last = Message(**(rows[-1] if rows else reply))  # a retried request may add nothing but its reply
             return TurnRows(session, last, Message(**reply), create, key_id)
 
-        return await self._db.run(work, write=True)
+        try:
+            rows = await self._db.run(work, write=True)
+        except TailMoved:
+            self.forget(session_id)
+            raise
+        self._remember(session_id, tail)
+        return rows
 
     async def finish(
         self,
@@ -168,6 +199,7 @@ class TranscriptStore:
                 insert_usage_once(conn, usage)
 
         await self._db.run(work, write=True)
+        self._remember(session_id, tail)
 
 
 def _message(session_id: str, seq: int, role: str, content: list[Any], text: str, now: Any) -> dict[str, Any]:
