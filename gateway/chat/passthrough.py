@@ -31,7 +31,7 @@ from .locks import SessionLease
 from .passthrough_stream import Exchange
 from .services import Services
 from .transcript import base_hash, blocks_of, extend, message_hash, prefix_hashes, stored_blocks, text_of
-from .turn_end import _saved_through_outage
+from .turn_end import end_begun_after_cancel, saved_through_outage
 from .turn_frames import usage_record
 from .upstream import map_error
 
@@ -147,16 +147,24 @@ class Passthrough:
         for message in new:
             blocks = stored_blocks(message.get("content"))
             rows.append(NewMessage(str(message["role"]), blocks, text_of(blocks_of(blocks))))
-        return await self.s.store.transcripts.begin(
-            session_id=session_id,
-            create=create,
-            expected_tail=expected,
-            agent_id=self.call.agent_id,
-            model=self.model,
-            new=rows,
-            tail=self.hashes[-1],
-            key_id=self.call.key.id if self.call.key is not None else None,
+        writing = asyncio.ensure_future(
+            self.s.store.transcripts.begin(
+                session_id=session_id,
+                create=create,
+                expected_tail=expected,
+                agent_id=self.call.agent_id,
+                model=self.model,
+                new=rows,
+                tail=self.hashes[-1],
+                key_id=self.call.key.id if self.call.key is not None else None,
+            )
         )
+        try:
+            return await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            # Shut down mid-write: the write runs to its end, and an empty reply it made is ended, not left streaming.
+            await end_begun_after_cancel(self.s, writing, "interrupted")
+            raise
 
     async def send(self) -> Exchange:
         """The request upstream, as it came. An error status is an exchange too: relayed as the upstream sent it."""
@@ -197,10 +205,11 @@ class Passthrough:
         duration_ms = int((time.monotonic() - self.started) * 1000)
         priced = record = None
         if reply is not None and reply.message_id is not None:
-            priced = s.prices.price(self.model, reply.usage, self.sent_at)
+            priced = s.prices.price(self.model, reply.usage, self.sent_at, reply.server_tools)
             first_token_ms = ex.first_token_ms if ex is not None else None
+            sent_at, tools = self.sent_at, reply.server_tools
             record = usage_record(
-                rows, priced, status, duration_ms, first_token_ms, None, reply.message_id, self.sent_at
+                rows, priced, status, duration_ms, first_token_ms, None, reply.message_id, sent_at, None, tools
             )
         content = reply.content(complete=status == "complete") if reply is not None else []
         delivered = status == "complete" and not self.client_gone and bool(content)
@@ -208,22 +217,25 @@ class Passthrough:
         tail = extend(self.hashes[-1], "assistant", content) if delivered else self.hashes[-1]
         stop_reason = reply.stop_reason if reply is not None and status == "complete" else status
         error_code = failure.code if failure is not None else None
-        try:
-            await asyncio.shield(
-                _saved_through_outage(
-                    lambda: s.store.transcripts.finish(
-                        message_id=rows.assistant_message.id,
-                        session_id=rows.session.id,
-                        content=content,
-                        text=reply.text if reply is not None else "",
-                        status=status,
-                        stop_reason=stop_reason,
-                        error_code=error_code,
-                        usage=record,
-                        tail=tail,
-                    )
-                )
+
+        async def save() -> None:
+            await s.store.transcripts.finish(
+                message_id=rows.assistant_message.id,
+                session_id=rows.session.id,
+                content=content,
+                text=reply.text if reply is not None else "",
+                status=status,
+                stop_reason=stop_reason,
+                error_code=error_code,
+                usage=record,
+                tail=tail,
             )
+
+        try:
+            if not await asyncio.shield(saved_through_outage(save)):
+                # Past a short outage: held until the database is back, the session locked meanwhile (held.py).
+                lease, self._lease = self._lease, None
+                s.held.hold(rows.assistant_message.id, save, lease)
         finally:
             await self.release()
         cost = priced.cost.total if priced is not None and priced.cost is not None else None

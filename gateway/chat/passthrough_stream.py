@@ -13,7 +13,6 @@ import httpx2
 import orjson
 
 from gateway import errors
-from gateway.billing.accounting import TokenUsage
 from gateway.store.db import json_loads
 
 from .metrics import TurnObserver
@@ -165,13 +164,15 @@ class Exchange:
         except ValueError:
             self.failure = errors.UpstreamError("the upstream answered with a body that is not JSON")
             return
+        if not isinstance(message, dict) or not isinstance(message.get("id"), str):
+            self.failure = errors.UpstreamError("the upstream answered with a body that is not a message")
+            return
         reply = self.reply
-        reply.message_id = message.get("id")
+        reply.feed({"type": "message_start", "message": message})  # its id, usage and server tool counts
         reply.blocks = [b for b in message.get("content") or [] if isinstance(b, dict)]
         reply.text_parts = [str(b.get("text", "")) for b in reply.blocks if b.get("type") == "text"]
         reply.stop_reason = message.get("stop_reason")
         reply.finished = True
-        reply.usage = TokenUsage.from_api(message.get("usage") or {})
 
 
 # Our error codes as the API's error types, for an error event the gateway writes itself.
