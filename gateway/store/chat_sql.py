@@ -4,7 +4,8 @@ per statement."""
 
 from __future__ import annotations
 
-from typing import cast
+from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
 
@@ -48,4 +49,27 @@ FINISH_MESSAGE = (
         updated_at=bindparam("now"),
     )
 )
+
+
+def finish_params(
+    message_id: str,
+    content: list[dict[str, Any]],
+    text: str,
+    status: str,
+    stop_reason: str | None,
+    error_code: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """FINISH_MESSAGE's parameters: a reply as it ended."""
+    return {
+        "message_id": message_id,
+        "content": content,
+        "text": text,
+        "status": status,
+        "stop_reason": stop_reason,
+        "error_code": error_code,
+        "now": now,
+    }
+
+
 TOUCH_SESSION = update(SESSIONS).where(SESSIONS.c.id == bindparam("session_id")).values(updated_at=bindparam("now"))

@@ -210,15 +210,7 @@ class ChatStore:
     ) -> None:
         """The reply, its usage row and the calibration sample land together or not at all."""
         now = self._clock.now()
-        reply = {
-            "message_id": message_id,
-            "content": content,
-            "text": text,
-            "status": status,
-            "stop_reason": stop_reason,
-            "error_code": error_code,
-            "now": now,
-        }
+        reply = sql.finish_params(message_id, content, text, status, stop_reason, error_code, now)
 
         def work(conn: Connection) -> bool:
             conn.execute(sql.FINISH_MESSAGE, reply)

@@ -182,15 +182,7 @@ class TranscriptStore:
     ) -> None:
         """The reply, its usage row and the session's new tail land together or not at all. Safe to repeat."""
         now = self._clock.now()
-        reply = {
-            "message_id": message_id,
-            "content": content,
-            "text": text,
-            "status": status,
-            "stop_reason": stop_reason,
-            "error_code": error_code,
-            "now": now,
-        }
+        reply = sql.finish_params(message_id, content, text, status, stop_reason, error_code, now)
 
         def work(conn: Connection) -> None:
             conn.execute(sql.FINISH_MESSAGE, reply)
