@@ -13,7 +13,7 @@ import pytest
 
 from gateway.billing.budgets import BudgetGuard
 from gateway.chat import turn as turn_module
-from gateway.server.handlers import SERVICES
+from gateway.server.handlers import CONNECTIONS, SERVICES
 from gateway.store.base import Database
 from gateway.store.chats import ChatStore
 from tests.conftest import TERMINAL, Gateway, chat, collect, send
@@ -92,6 +92,57 @@ async def _check_after(gateway: Gateway, db_url: str, frames: list[dict[str, Any
         await ws.close()
 
 
+async def _ended_reply(db_url: str, terminal: dict[str, Any], status: str = "cancelled") -> bool:
+    """If the cancelled send's user turn ("hello") was written: its reply is ended (status, stop reason, no text), its
+    session was touched when it was, and the terminal frame names the session. Whether it was written."""
+    users = await sql_rows(db_url, "SELECT session_id, seq FROM messages WHERE role = 'user' AND text = 'hello'")
+    if not users:
+        return False
+    [user] = users
+    [reply] = await sql_rows(
+        db_url,
+        "SELECT m.status, m.stop_reason, m.text, m.updated_at = s.updated_at AS touched FROM messages m"
+        " JOIN sessions s ON s.id = m.session_id WHERE m.session_id = :s AND m.seq = :q",
+        s=user["session_id"],
+        q=user["seq"] + 1,
+    )
+    assert (reply["status"], reply["stop_reason"], reply["text"], bool(reply["touched"])) == (status, status, "", True)
+    assert terminal["sessionId"] == user["session_id"]
+    return True
+
+
+@pytest.mark.parametrize(
+    ("reason", "status"), [("cancelled", "cancelled"), ("client_gone", "disconnected"), ("shutdown", "interrupted")]
+)
+async def test_a_turn_stopped_just_after_its_write_keeps_why(
+    gateway_factory: Factory, settings: Any, db_url: str, monkeypatch: pytest.MonkeyPatch, reason: str, status: str
+) -> None:
+    """A disconnect or a shutdown (not only chat.cancel) landing right after the user turn was written: the reply is
+    ended with the status that says which."""
+    gateway = await gateway_factory(settings)
+    ws = await gateway.ws()
+    original = Database.run
+
+    async def hooked(self: Database, *args: Any, **kwargs: Any) -> Any:
+        result = await original(self, *args, **kwargs)
+        task = asyncio.current_task()
+        victim = next((c for c in gateway.app[CONNECTIONS] if c.turn_task is not None and not c.turn_task.done()), None)
+        if kwargs.get("write") is True and task is not None and task.get_name().startswith("turn-victim") and victim:
+            assert victim.turn is not None and victim.turn_task is not None
+            victim.turn.cancel_reason = reason  # as Connection.stop_turn does, before it cancels
+            victim.turn_task.cancel()
+            if task is victim.turn_task:
+                await asyncio.sleep(0)
+        return result
+
+    monkeypatch.setattr(Database, "run", hooked)
+    await send(ws, {"type": "chat.send", "id": "victim", "content": "hello"})
+    frames = await collect(ws)
+    monkeypatch.undo()
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "CANCELLED"
+    assert await _ended_reply(db_url, frames[-1], status)
+
+
 @pytest.mark.parametrize(("where", "name", "only_writes", "after", "existing"), CASES, ids=[_label(c) for c in CASES])
 async def test_a_cancel_at_any_await_of_a_turns_start_leaves_nothing_streaming(
     gateway_factory: Factory,
@@ -120,6 +171,9 @@ async def test_a_cancel_at_any_await_of_a_turns_start_leaves_nothing_streaming(
     monkeypatch.undo()
     assert fired, f"{name} was never awaited"
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == "CANCELLED"
+    # Where the user turn was written (always, when the cancel lands after the write), its reply is ended cancelled.
+    written = await _ended_reply(db_url, frames[-1])
+    assert written or not (after and name in ("begin_turn", "run"))
     await _check_after(gateway, db_url, frames, session_id)
     replies = await sql_rows(db_url, "SELECT status FROM messages WHERE role = 'assistant' ORDER BY created_at")
     assert all(r["status"] in ("complete", "cancelled") for r in replies)

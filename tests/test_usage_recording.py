@@ -261,7 +261,13 @@ async def test_one_row_per_upstream_request_across_retries(
     # before any token (billed for its input, a `failed` row); 3: the retry that succeeds.
     fake.queue(
         Reply(status=529),
-        Reply(thinking=None, error_after_deltas=0, input_tokens=120, output_tokens_before_error=1),
+        Reply(
+            thinking=None,
+            error_after_deltas=0,
+            input_tokens=120,
+            output_tokens_before_error=1,
+            server_tool_use={"web_search_requests": 1},
+        ),
         Reply(text="finally", input_tokens=120, output_tokens=9),
     )
     end = (await chat(ws, "third time lucky"))[-1]
@@ -273,7 +279,12 @@ async def test_one_row_per_upstream_request_across_retries(
         ("complete", 120, 9),
     ]
     assert len({r["id"] for r in rows}) == 2
-    assert len({r["upstream_message_id"] for r in rows}) == 2
+    # Each row names its own upstream message, belongs to step 1, and keeps the web searches it was billed for.
+    assert [r["upstream_message_id"][:4] for r in rows] == ["msg_", "msg_"]
+    assert rows[0]["upstream_message_id"] != rows[1]["upstream_message_id"]
+    assert [(r["step"], r["web_search_requests"]) for r in rows] == [(1, 1), (1, 0)]
+    # Both durations count from the turn's first request; the failed attempt ended after a backoff of at least 5 ms.
+    assert 5 <= rows[0]["duration_ms"] <= rows[1]["duration_ms"]
     report = await request(ws, {"type": "usage.query"})
     assert report["grandTotal"]["requestCount"] == 2
     # The end frame sums every request of the turn, the billed failed attempt too: it equals the rows.
