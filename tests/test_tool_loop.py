@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientWebSocketResponse
 
 from gateway.settings import Settings
-from tests.conftest import chat, request
+from tests.conftest import Gateway, chat, request
 from tests.fake_anthropic import FakeAnthropic, Reply, tool_reply, tool_use
 from tests.sql import sql_rows
+from tests.test_metrics import scrape, value
 
 PDF_BODY = "# PDF skill\n\nUse pdftotext first."
 
@@ -331,3 +333,60 @@ async def test_the_wall_clock_bound_stops_a_call_that_runs_too_long(
     end = frames[-1]
     assert (end["type"], end["boundHit"], end["requests"]) == ("chat.stream.end", "wall_clock", 2)
     assert fake.requests[-1].body["tool_choice"] == {"type": "none"}
+
+
+async def test_a_resent_tool_turn_answers_with_its_whole_text(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    make_agent(settings)
+    fake.queue(tool_reply(tool_use("read_skill", {"name": "pdf"}), text="Reading. "), Reply(text="Done."))
+    frames = await chat(ws, "once", agentId="helper", idempotencyKey="k1")
+    again = await chat(ws, "once", agentId="helper", idempotencyKey="k1", id="t2")
+    state = again[-1]
+    assert (state["type"], state["status"], state["stopReason"]) == ("chat.state", "complete", "end_turn")
+    assert state["text"] == "Reading. Done." and state["messageId"] == frames[-1]["messageId"]
+    assert len(fake.requests) == 2
+
+
+async def test_a_budget_too_small_for_the_next_request_ends_the_loop(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings, db_url: str
+) -> None:
+    # The first request fits the cap; once its $0.402 is spent, the next one's worst case (~$0.08) would not.
+    make_agent(settings, toml="[budget]\ndaily_usd = 0.45\n")
+    fake.queue(tool_reply(tool_use("read_skill", {"name": "pdf"}), input_tokens=1000, output_tokens=40_000))
+    frames = await chat(ws, "expensive", agentId="helper")
+    end = frames[-1]
+    assert (end["type"], end["boundHit"], end["requests"], end["status"]) == (
+        "chat.stream.end",
+        "budget",
+        1,
+        "complete",
+    )
+    assert next(f for f in frames if f["type"] == "chat.tool.result")["status"] == "done"  # the call itself ran
+    rows = await sql_rows(db_url, "select role, status from messages order by seq")
+    assert [(r["role"], r["status"]) for r in rows] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+        ("user", "complete"),
+    ]
+    fake.queue(Reply(text="ok"))
+    refused = await chat(ws, "more", sessionId=frames[0]["sessionId"])
+    assert refused[-1]["code"] == "BUDGET_EXCEEDED"  # the cap holds for the next send too
+
+
+async def test_metrics_count_every_request_of_a_tool_turn(
+    gateway: Gateway, ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    make_agent(settings)
+    fake.queue(
+        tool_reply(tool_use("read_skill", {"name": "pdf"}), input_tokens=100, output_tokens=20),
+        Reply(text="ok", input_tokens=150, output_tokens=10),
+    )
+    end = (await chat(ws, "count me", agentId="helper"))[-1]
+    samples = await scrape(gateway)
+    assert value(samples, "agentspace_tokens_total", model="claude-sonnet-5-5", kind="input") == 250
+    assert value(samples, "agentspace_tokens_total", model="claude-sonnet-5-5", kind="output") == 30
+    assert value(samples, "agentspace_cost_usd_total", model="claude-sonnet-5-5") == pytest.approx(
+        end["cost"]["totalCost"]
+    )
+    assert value(samples, "agentspace_turns_total", status="complete", code="") == 1  # one turn, not two

@@ -23,6 +23,11 @@ from .tool_calls import interrupt_open_calls
 from .upserts import add_calibration, insert_usage_once
 
 TITLE_CHARS = 80
+MAX_TURN_MESSAGES = 1000  # a turn's replies and tool results, read back for a resent send (bounded by max_requests)
+
+
+def _tool_results(content: list[dict[str, Any]]) -> bool:
+    return bool(content) and all(block.get("type") == "tool_result" for block in content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +89,25 @@ class ChatStore:
         return await self._history.load(session_id)
 
     async def find_by_idempotency_key(self, key: str) -> tuple[Message, Message | None] | None:
-        """The user message sent with this key and the reply that followed it."""
+        """The user message sent with this key and the reply that followed it. A turn of several model requests (a
+        tool loop) answers as its last reply, holding the text of all of them, `streaming` while any part still is."""
         async with self._db.read() as db:
             user = await db.scalar(select(Message).where(Message.idempotency_key == key))
             if user is None:
                 return None
-            reply = await db.scalar(
-                select(Message).where(Message.session_id == user.session_id, Message.seq == user.seq + 1)
-            )
-            return user, reply
+            after = select(Message).where(Message.session_id == user.session_id, Message.seq > user.seq)
+            turn: list[Message] = []
+            for message in (await db.scalars(after.order_by(Message.seq).limit(MAX_TURN_MESSAGES))).all():
+                if message.role == "user" and not _tool_results(message.content):
+                    break  # the next turn's own message
+                turn.append(message)
+        replies = [m for m in turn if m.role == "assistant"]
+        if len(turn) <= 1 or not replies:
+            return user, replies[0] if replies else None
+        last = replies[-1]
+        status = "streaming" if any(m.status == "streaming" for m in turn) else last.status
+        fields = {c.key: getattr(last, c.key) for c in sql.MESSAGES.c}
+        return user, Message(**{**fields, "text": "".join(m.text for m in replies), "status": status})
 
     async def begin_turn(
         self,
