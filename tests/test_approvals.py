@@ -4,10 +4,12 @@ waiting turn ends on chat.cancel. Client tools: the client runs them and answers
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse
 
+from gateway.server.handlers import SERVICES
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, request, send
 from tests.fake_anthropic import FakeAnthropic, Reply, tool_reply, tool_use
@@ -151,6 +153,7 @@ async def test_a_reconnected_client_sees_and_answers_the_approval(
     assert rest[0]["type"] == "chat.tool.approval.recorded"
     # The answering connection took the turn over: it gets the rest of its frames, with the send's own id.
     assert rest[-1]["type"] == "chat.stream.end" and rest[-1]["id"] == "t1" and rest[-1]["status"] == "complete"
+    assert next(f for f in rest if f["type"] == "chat.tool.result")["status"] == "done"
     assert "after reconnect" in "".join(f.get("delta", "") for f in rest if f["type"] == "chat.stream.delta")
     await second.close()
 
@@ -193,3 +196,19 @@ async def test_bad_client_tools_are_refused_before_anything_runs(ws: ClientWebSo
         answer = await request(ws, {"type": "chat.send", "id": "t", "content": "hi", "tools": tools})
         assert answer["type"] == "error" and answer["code"] == "INVALID_MESSAGE", answer
         assert field_text in answer["message"] and answer["field"] == "tools"
+
+
+async def test_a_turn_whose_client_left_ends_after_its_calls_without_another_request(
+    gateway: Gateway, fake: FakeAnthropic, settings: Settings, db_url: str
+) -> None:
+    make_agent(settings, "[tools]\napproval_timeout_s = 0.3\n" + ASK)
+    first = await gateway.ws()
+    frames = await start(first, fake, tool_reply(tool_use("read_skill", {"name": "pdf"})), Reply(text="nobody reads"))
+    turn = gateway.app[SERVICES].live_turns[frames[-1]["sessionId"]]
+    await first.close()  # the turn waits on its approval without a client, and is not cancelled
+    await asyncio.wait_for(asyncio.shield(turn.task), 10)
+    assert len(fake.requests) == 1  # no one left to read a next reply: none was asked for
+    rows = await sql_rows(db_url, "select status, decision from tool_calls")
+    assert [(r["status"], r["decision"]) for r in rows] == [("denied", "expired")]
+    messages = await sql_rows(db_url, "select role, status from messages order by seq")
+    assert [m["status"] for m in messages] == ["complete", "complete", "complete"]

@@ -41,7 +41,10 @@ class ToolLoop:
         self.rows, self.assembled, self.estimate = rows, assembled, estimate
         self.limits = self.ctx.workspace.tool_config.limits
         self.totals = Totals(assembled.model)
-        self.calls = TurnCalls(self.s, self.ctx.toolbox, self.limits, rows.session.id, turn.send, turn.connected)
+        # Sent through the turn at each call: a client that reconnects and takes the turn over gets the rest.
+        self.calls = TurnCalls(
+            self.s, self.ctx.toolbox, self.limits, rows.session.id, lambda frame: turn.send(frame), turn.connected
+        )
         user = rows.user_message
         self.history = [*self.ctx.history, HistoryItem(user.id, "user", user.content, version_at(user.updated_at))]
         self.next_seq = rows.assistant_message.seq + 1
