@@ -329,7 +329,9 @@ async def test_the_wall_clock_bound_stops_a_call_that_runs_too_long(
     fake.queue(tool_reply(tool_use("locate")), Reply(text="Out of time; here is what I know."))
     frames = await chat(ws, "where am I?", agentId="helper", tools=[CLIENT_TOOL])  # the client never answers
     result = next(f for f in frames if f["type"] == "chat.tool.result")
-    assert result["status"] == "interrupted" and "time limit" in result["content"]
+    # Stopped while waiting for the client; or, on a machine so loaded that the first request alone took the half
+    # second, refused before it started. Either way the time limit says so.
+    assert result["status"] in ("interrupted", "error") and "time limit" in result["content"]
     end = frames[-1]
     assert (end["type"], end["boundHit"], end["requests"]) == ("chat.stream.end", "wall_clock", 2)
     assert fake.requests[-1].body["tool_choice"] == {"type": "none"}
