@@ -102,6 +102,7 @@ SCHEMAS: Final[dict[str, tuple[Field, ...]]] = {
         Field("beforeSeq", int, min_value=0),
     ),
     "session.delete": (_text("sessionId", required=True),),
+    "agent.list": (),
     "auth": (_text("token", required=True, max_len=4096),),
     "ping": (),
 }

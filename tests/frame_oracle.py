@@ -93,6 +93,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "beforeSeq": Rule((int,), min_value=0),
     },
     "session.delete": {"sessionId": _text(required=True)},
+    "agent.list": {},
     "auth": {"token": _text(4096, required=True)},
     "ping": {},
 }
@@ -299,6 +300,8 @@ def expected_answer(kind: str, fields: dict[str, Any], session_id: str, session_
     agent = fields.get("agentId")
     if kind == "ping":
         return "pong"
+    if kind == "agent.list":
+        return "agent.list"
     if kind == "auth":
         return "auth.ok"  # the live gateway has no token: any token is accepted
     if kind == "chat.cancel":

@@ -20,8 +20,8 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import aiohttp
 
@@ -32,7 +32,10 @@ from .errors import (
     GatewayClientError,
     error_from_frame,
 )
+from .queries import Queries, _fields
 from .stream import ChatStream
+from .tool_desk import ToolDesk
+from .tool_types import ApprovalHandler, ClientTool, ToolHandler
 from .types import TERMINAL, Frame, normalize_url
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ DEFAULT_URL = "ws://127.0.0.1:3271/gateway"
 _POLICY_VIOLATION = 1008
 
 
-class GatewayClient:
+class GatewayClient(Queries):
     """A connection to the gateway. Use `GatewayClient.connect(...)` as an async context manager."""
 
     def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, request_timeout: float):
@@ -49,10 +52,12 @@ class GatewayClient:
         self._ws = ws
         self.request_timeout = request_timeout
         self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(4)
         self._waiting: dict[str, asyncio.Future[Frame] | ChatStream] = {}
         self._write_lock = asyncio.Lock()
         self._closed: GatewayClientError | None = None
         self.active: ChatStream | None = None  # the reply streaming now, if any
+        self._grants: set[tuple[str, str]] = set()  # (session, tool) this client allowed for the session
         self._reader = asyncio.create_task(self._read(), name="gateway-client-reader")
 
     @classmethod
@@ -114,7 +119,9 @@ class GatewayClient:
         return self._closed is not None
 
     def _next_id(self) -> str:
-        return f"py-{next(self._ids)}"
+        # Unique beyond this connection: a connection that answers an approval for a turn whose client left takes
+        # that turn over and receives its frames under the original chat.send's id, which must not be one of ours.
+        return f"py-{self._prefix}-{next(self._ids)}"
 
     async def _write(self, frame: Frame) -> None:
         if self._closed is not None:
@@ -204,7 +211,16 @@ class GatewayClient:
         model: str | None = None,
         max_tokens: int | None = None,
         idempotency_key: str | None = None,
+        *,
+        tools: Sequence[ClientTool] = (),
+        tool_handlers: Mapping[str, ToolHandler] | None = None,
+        on_approval: ApprovalHandler | None = None,
+        stream_tool_input: bool = False,
     ) -> ChatStream:
+        """Send a message; iterate the answer. `tools` are run by this client (sent as the chat.send's `tools`),
+        `tool_handlers` run the agent's own client-run tools (its tools.json) by name, and `on_approval` answers
+        each approval request (return a decision, or None to answer later with `ChatStream.approve`)."""
+        handlers = {**(tool_handlers or {}), **{tool.name: tool.handler for tool in tools}}
         frame = _fields(
             type="chat.send",
             id=self._next_id(),
@@ -214,8 +230,10 @@ class GatewayClient:
             model=model,
             maxTokens=max_tokens,
             idempotencyKey=idempotency_key,
+            tools=[tool.definition for tool in tools] or None,
+            streamToolInput=stream_tool_input or None,
         )
-        return ChatStream(self, frame)
+        return ChatStream(self, frame, ToolDesk(self, handlers, on_approval, self._grants))
 
     async def cancel(self, session_id: str | None = None, send_id: str | None = None) -> Frame:
         """Stop the reply streaming in `session_id` (default: this client's running reply)."""
@@ -225,50 +243,3 @@ class GatewayClient:
                 raise ConflictError("nothing is streaming on this connection", code="NOTHING_TO_CANCEL")
             session_id, send_id = active.session_id, send_id or active.request_id
         return await self.request(_fields(type="chat.cancel", sessionId=session_id, sendId=send_id))
-
-    async def inspect(
-        self, session_id: str, content: str | None = None, model: str | None = None, exact: bool = False
-    ) -> Frame:
-        return await self.request(
-            _fields(type="context.inspect", sessionId=session_id, content=content, model=model, exact=exact or None)
-        )
-
-    async def usage(
-        self,
-        session_id: str | None = None,
-        agent_id: str | None = None,
-        model: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        group_by: str | None = None,
-    ) -> Frame:
-        return await self.request(
-            _fields(
-                type="usage.query",
-                sessionId=session_id,
-                agentId=agent_id,
-                model=model,
-                since=since,
-                until=until,
-                groupBy=group_by,
-            )
-        )
-
-    async def sessions(self, agent_id: str | None = None, limit: int | None = None, cursor: str | None = None) -> Frame:
-        return await self.request(_fields(type="session.list", agentId=agent_id, limit=limit, cursor=cursor))
-
-    async def history(self, session_id: str, limit: int | None = None, before_seq: int | None = None) -> Frame:
-        return await self.request(
-            _fields(type="session.history", sessionId=session_id, limit=limit, beforeSeq=before_seq)
-        )
-
-    async def delete_session(self, session_id: str) -> Frame:
-        return await self.request({"type": "session.delete", "sessionId": session_id})
-
-    async def ping(self) -> Frame:
-        return await self.request({"type": "ping"})
-
-
-def _fields(**values: Any) -> Frame:
-    """A frame without its unset (None) fields."""
-    return {k: v for k, v in values.items() if v is not None}

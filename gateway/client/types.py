@@ -69,31 +69,42 @@ class ChatEnd:
     frame: Frame = field(repr=False)
     # The database was down when the reply ended: the gateway holds it and saves it when the database is back.
     pending_save: bool = False
+    requests: int = 1  # upstream requests the turn made (a tool loop makes several; a retry is one more)
+    steps: int = 1  # model requests of the tool loop
+    tool_calls: int = 0
+    bound_hit: str | None = None  # which of the agent's bounds ended the tool loop, if one did
 
     @classmethod
     def from_frame(cls, frame: Frame) -> ChatEnd:
-        u, c = frame.get("usage") or {}, frame.get("cost") or {}
         return cls(
             session_id=frame["sessionId"],
             message_id=frame["messageId"],
             stop_reason=frame.get("stopReason"),
             status=frame.get("status", "complete"),
-            usage=_usage(u),
-            cost=Cost(
-                c.get("inputCost"),
-                c.get("outputCost"),
-                c.get("cacheCost"),
-                c.get("totalCost"),
-                c.get("savedCost"),
-                bool(c.get("priced")),
-            ),
+            usage=usage_of(frame.get("usage") or {}),
+            cost=cost_of(frame.get("cost") or {}),
             duration_ms=int(frame.get("durationMs") or 0),
             frame=frame,
             pending_save=bool(frame.get("pendingSave")),
+            requests=int(frame.get("requests") or 1),
+            steps=int(frame.get("steps") or 1),
+            tool_calls=int(frame.get("toolCalls") or 0),
+            bound_hit=frame.get("boundHit"),
         )
 
 
-def _usage(u: Frame) -> Usage:
+def cost_of(c: Frame) -> Cost:
+    return Cost(
+        c.get("inputCost"),
+        c.get("outputCost"),
+        c.get("cacheCost"),
+        c.get("totalCost"),
+        c.get("savedCost"),
+        bool(c.get("priced")),
+    )
+
+
+def usage_of(u: Frame) -> Usage:
     counts = (
         u.get("inputTokens", 0),
         u.get("outputTokens", 0),

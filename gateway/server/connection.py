@@ -33,6 +33,7 @@ QUERIES: dict[str, Query] = {
     "usage.query": queries.usage_query,
     "context.inspect": queries.context_inspect,
     "session.pending": tool_queries.session_pending,
+    "agent.list": queries.agent_list,
 }
 
 

@@ -94,6 +94,31 @@ async def session_delete(s: Services, req: Request) -> dict[str, Any]:
     return {"type": "session.deleted", "sessionId": session_id}
 
 
+MAX_AGENTS_LISTED = 1000
+
+
+async def agent_list(s: Services, req: Request) -> dict[str, Any]:
+    """The agents a chat.send may name: `default` and every agent folder, sorted by id."""
+    names = s.workspaces.list_agents()
+    agents = []
+    for agent_id in names[:MAX_AGENTS_LISTED]:
+        try:
+            workspace = s.workspaces.load(agent_id)
+        except errors.AgentNotFound:
+            continue  # its folder went away between the listing and the read
+        agents.append(
+            {
+                "agentId": agent_id,
+                "model": workspace.model or s.settings.default_model,
+                "modelSource": "agent" if workspace.model else "default",
+                "skillCount": len(workspace.skills),
+                "mcpServerCount": len(workspace.tool_config.mcp),
+                "problemCount": len(workspace.problems),
+            }
+        )
+    return {"type": "agent.list", "agents": agents, "truncated": len(names) > MAX_AGENTS_LISTED}
+
+
 async def usage_query(s: Services, req: Request) -> dict[str, Any]:
     key_id: str | None = None
     key_name: str | None = req.get("keyName")
