@@ -47,4 +47,3 @@ async def test_lists_default_and_every_agent_folder_with_its_model(
         "problemCount": 0,
     }
     assert by_id["broken"]["problemCount"] == 1 and by_id["broken"]["model"] == settings.default_model
-
