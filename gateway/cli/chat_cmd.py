@@ -19,7 +19,8 @@ from gateway.settings import Settings
 
 from . import chat_view as view
 from . import runtime_file
-from .chat_repl import ChatOptions, ChatRepl
+from .chat_repl import ChatOptions, ChatRepl, start_line_reader
+from .chat_tools import APPROVE_MODES, Approver, TurnPrinter
 
 
 def register(sub: Any) -> None:
@@ -36,6 +37,13 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--token", help="the gateway token (default: AGENTSPACE_TOKEN, else $AGENTSPACE_HOME/token)")
     parser.add_argument("--no-thinking", action="store_true", help="do not show the model's thinking")
+    parser.add_argument(
+        "--approve",
+        choices=APPROVE_MODES,
+        default="ask",
+        help="tool calls that need approval: ask y/n/always on the terminal (denied when there is none; the"
+        " default), allow each once, or deny each",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -61,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         max_tokens=args.max_tokens,
         show_thinking=not args.no_thinking,
+        approve=args.approve,
     )
     if args.message is None:
         return asyncio.run(_interactive(url, token, options))
@@ -84,7 +93,10 @@ async def ask_once(url: str, token: str | None, message: str, options: ChatOptio
     loop = asyncio.get_running_loop()
     interrupted = False
     tasks: set[asyncio.Task[bool]] = set()
-    wrote = ""
+    printer = TurnPrinter(sys.stdout, sys.stderr, show_thinking=False)
+    approver = Approver(
+        options.approve, sys.stderr, typed_here=False, before_prompt=printer.break_line, read_lines=start_line_reader
+    )
     try:
         async with GatewayClient.connect(url, token) as gw:
             stream = gw.chat(
@@ -93,6 +105,7 @@ async def ask_once(url: str, token: str | None, message: str, options: ChatOptio
                 agent_id=options.agent_id,
                 model=options.model,
                 max_tokens=options.max_tokens,
+                on_approval=approver,
             )
 
             def on_sigint() -> None:
@@ -102,17 +115,19 @@ async def ask_once(url: str, token: str | None, message: str, options: ChatOptio
 
             loop.add_signal_handler(signal.SIGINT, on_sigint)
             try:
-                async for delta in stream:
-                    if not delta.is_thinking:
-                        wrote = delta.text
-                        _write(delta.text)
+                async for event in stream.events():
+                    printer.event(event)
             finally:
                 loop.remove_signal_handler(signal.SIGINT)
+    except BrokenPipeError:
+        # The reader (`| head`) has had enough. Point stdout at /dev/null so the exit flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except GatewayClientError as exc:
-        _end_line(wrote)
+        printer.break_line()
         _complain(exc)
         return 1
-    _end_line(wrote)
+    printer.break_line()
     if stream.end is not None:
         print(view.stats_line(stream.end), file=sys.stderr)
     return 130 if interrupted else 0
@@ -126,18 +141,3 @@ def _complain(exc: GatewayClientError) -> None:
             " --token, AGENTSPACE_TOKEN or $AGENTSPACE_HOME/token",
             file=sys.stderr,
         )
-
-
-def _write(text: str) -> None:
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader (`| head`) has had enough. Point stdout at /dev/null so the exit flush stays quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0) from None
-
-
-def _end_line(wrote: str) -> None:
-    if wrote and not wrote.endswith("\n"):
-        _write("\n")

@@ -20,6 +20,7 @@ from typing import TextIO
 from gateway.client import ChatStream, ConnectionClosedError, GatewayClient, GatewayClientError, NotFoundError
 
 from . import chat_view as view
+from .chat_tools import Approver, TurnPrinter
 
 _EOF = object()
 _SIGINT = object()
@@ -33,6 +34,7 @@ class ChatOptions:
     model: str | None = None
     max_tokens: int | None = None
     show_thinking: bool = True
+    approve: str = "ask"  # approval requests: ask on the terminal, allow, or deny (gateway/cli/chat_tools.py)
 
 
 def start_line_reader(loop: asyncio.AbstractEventLoop, on_line: object, fd: int = 0) -> None:
@@ -81,6 +83,14 @@ class ChatRepl:
         # treating them as typed while it streams.
         self._interactive_input = os.isatty(0)
         self._tasks: set[asyncio.Task[object]] = set()
+        self.printer: TurnPrinter | None = None
+        self.approver = Approver(
+            options.approve,
+            err,
+            typed_here=self._interactive_input,
+            before_prompt=self._break_line,
+            read_lines=start_line_reader,
+        )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -127,6 +137,8 @@ class ChatRepl:
 
     # Input arrives here, in the loop, whether or not a reply is streaming.
     def _on_line(self, line: str | None) -> None:
+        if self._interactive_input and self.approver.feed(line):
+            return  # the answer to an approval request
         if line is None:
             self._events.put_nowait(_EOF)
             if self._streaming() and self._interactive_input:
@@ -159,24 +171,18 @@ class ChatRepl:
 
     async def _reply(self, text: str) -> None:
         stream = self.gw.chat(
-            text, session_id=self.session_id, agent_id=self.o.agent_id, model=self.o.model, max_tokens=self.o.max_tokens
+            text,
+            session_id=self.session_id,
+            agent_id=self.o.agent_id,
+            model=self.o.model,
+            max_tokens=self.o.max_tokens,
+            on_approval=self.approver,
         )
         self.stream = stream
-        thinking = False
-        wrote = ""
+        printer = self.printer = TurnPrinter(self.out, self.err, self.o.show_thinking)
         try:
-            async for delta in stream:
-                if delta.is_thinking:
-                    if self.o.show_thinking:
-                        thinking = True
-                        self.out.write(self.style.dim(delta.text))
-                else:
-                    if thinking:
-                        self.out.write("\n\n")
-                        thinking = False
-                    self.out.write(delta.text)
-                    wrote = delta.text
-                self.out.flush()
+            async for event in stream.events():
+                printer.event(event)
         except ConnectionClosedError:
             raise
         except GatewayClientError as exc:
@@ -187,10 +193,13 @@ class ChatRepl:
             self.stream = None
             if stream.session_id is not None:
                 self.session_id = stream.session_id
-        if thinking or (wrote and not wrote.endswith("\n")) or stream.end is None:
-            self._say("")
+        printer.break_line()
         if stream.end is not None:
             self._note(view.stats_line(stream.end))
+
+    def _break_line(self) -> None:
+        if self.printer is not None:
+            self.printer.break_line()
 
     async def _command(self, line: str) -> bool:
         """Run one slash command; False means quit."""

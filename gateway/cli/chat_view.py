@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from gateway.client import ChatEnd
+from gateway.client import ApprovalRequest, ChatEnd, ToolCall, ToolResult
 
 Frame = dict[str, Any]
 
@@ -18,7 +20,9 @@ HELP = """commands:
   /usage        tokens and cost of this session and of everything, per model
   /cancel       stop the reply that is streaming (Ctrl-C does the same)
   /help         this list
-  /quit         leave (Ctrl-D, or Ctrl-C twice at the prompt)"""
+  /quit         leave (Ctrl-D, or Ctrl-C twice at the prompt)
+tool calls that need approval ask "? run NAME {input}  [y/N/always]": y runs it once, n (or Enter) denies it,
+always runs this tool unasked for the rest of the session; Ctrl-C cancels the turn"""
 
 
 class Style:
@@ -67,6 +71,34 @@ def stats_line(end: ChatEnd) -> str:
         parts.append(f"stopped: {end.stop_reason}")
     parts.append(f"session {short_id(end.session_id)}")
     return "[" + " · ".join(parts) + "]"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # a tool's output must not steer the terminal (ANSI escapes)
+
+
+def clip(text: str, limit: int) -> str:
+    text = _CONTROL.sub(" ", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_input(value: object, limit: int = 60) -> str:
+    return clip(json.dumps(value, ensure_ascii=False, separators=(",", ":")), limit)
+
+
+def tool_line(call: ToolCall | None, result: ToolResult) -> str:
+    """One line per call: `⚙ read_skill {"name":"pdf"} → ok (3 ms)`, or the start of the error the model reads."""
+    shown = f"{result.name} {short_input(call.input)}" if call is not None else result.name
+    outcome = "ok" if result.ok else result.status
+    if not result.ok:
+        first = result.content.strip().splitlines()[0] if result.content.strip() else ""
+        outcome += f": {clip(first, 80)}" if first else ""
+    took = f" ({result.duration_ms:,} ms)" if result.duration_ms is not None else ""
+    return f"⚙ {shown} → {outcome}{took}"
+
+
+def approval_prompt(request: ApprovalRequest) -> str:
+    expires = f", expires {request.expires_at.astimezone():%H:%M:%S}" if request.expires_at is not None else ""
+    return f"? run {request.name} {short_input(request.input, 100)}  [y/N/always{expires}] "
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
