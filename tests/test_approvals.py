@@ -5,6 +5,7 @@ waiting turn ends on chat.cancel. Client tools: the client runs them and answers
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse
@@ -212,3 +213,26 @@ async def test_a_turn_whose_client_left_ends_after_its_calls_without_another_req
     assert [(r["status"], r["decision"]) for r in rows] == [("denied", "expired")]
     messages = await sql_rows(db_url, "select role, status from messages order by seq")
     assert [m["status"] for m in messages] == ["complete", "complete", "complete"]
+
+
+async def test_an_approval_answered_through_another_process(
+    gateway_factory: Callable[[Settings], Awaitable[Gateway]], pg_settings: Settings, fake: FakeAnthropic
+) -> None:
+    """Two gateways on one PostgreSQL database: the turn runs in one, the answer reaches the other. The answer is a
+    row, and the waiting turn reads it (within a second) without any socket state shared."""
+    make_agent(pg_settings)
+    a, b = await gateway_factory(pg_settings), await gateway_factory(pg_settings)
+    on_a, on_b = await a.ws(), await b.ws()
+    call = tool_use("read_skill", {"name": "pdf"})
+    frames = await start(on_a, fake, tool_reply(call), Reply(text="approved elsewhere"))
+    pending = await request(on_b, {"type": "session.pending", "sessionId": frames[-1]["sessionId"]})
+    assert [p["toolUseId"] for p in pending["approvals"]] == [call["id"]]
+    answer = await request(
+        on_b, {"type": "chat.tool.approve", "id": "a1", "toolUseId": call["id"], "decision": "allow_once"}
+    )
+    assert answer["type"] == "chat.tool.approval.recorded"
+    rest = await collect(on_a)
+    assert next(f for f in rest if f["type"] == "chat.tool.result")["status"] == "done"
+    assert rest[-1]["type"] == "chat.stream.end" and rest[-1]["status"] == "complete"
+    await on_a.close()
+    await on_b.close()

@@ -65,6 +65,7 @@ async def _inspect(settings: Settings, request: Any) -> dict[str, Any]:
     try:
         return await queries.context_inspect(services, request)
     finally:
+        await services.tools.close()  # an agent's MCP servers, started to list their tools
         await services.upstream.close()
         await engine.dispose()
 
@@ -147,4 +148,5 @@ def format_inspection(frame: dict[str, Any]) -> str:
         lines.append(f"exact input tokens (count_tokens): {exact}")
     lines.append(f"counter {frame['tokenCounter']}")
     lines.extend(f"problem: {problem}" for problem in frame["problems"])
+    lines.extend(f"warning: {warning}" for warning in frame.get("warnings", []))
     return "\n".join(lines)
