@@ -29,7 +29,7 @@ async def test_lists_default_and_every_agent_folder_with_its_model(
     writer = settings.agents_dir / "writer"
     (writer / "skills" / "pdf").mkdir(parents=True)
     (writer / "skills" / "pdf" / "SKILL.md").write_text("---\nname: pdf\ndescription: PDFs.\n---\nbody")
-    (writer / "agent.toml").write_text('model = "claude-opus-4-5"\n[mcp.fs]\ncommand = "true"\n')
+    (writer / "agent.toml").write_text('model = "claude-opus-5-5"\n[mcp.fs]\ncommand = "true"\n')
     (settings.agents_dir / "broken").mkdir()
     (settings.agents_dir / "broken" / "agent.toml").write_text("model = [not toml")
     (settings.agents_dir / "not an id").mkdir()  # folders whose names are not ids are not agents
@@ -40,7 +40,7 @@ async def test_lists_default_and_every_agent_folder_with_its_model(
     assert list(by_id) == ["broken", "default", "writer"]
     assert by_id["writer"] == {
         "agentId": "writer",
-        "model": "claude-opus-4-5",
+        "model": "claude-opus-5-5",
         "modelSource": "agent",
         "skillCount": 1,
         "mcpServerCount": 1,

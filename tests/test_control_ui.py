@@ -193,7 +193,9 @@ async def test_the_page_its_files_and_the_other_routes_are_served(gateway: Gatew
     page = await gateway.client.get("/")
     assert page.status == 200 and "text/html" in page.headers["Content-Type"]
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
-    for name in ("app.js", "gateway.js", "inspector.js", "usage.js", "format.js"):
+    modules = ("app.js", "gateway.js", "inspector.js", "usage.js", "format.js", "chat.js", "history.js", "turn.js")
+    vendored = ("vendor/marked.esm.js", "vendor/purify.es.js", "vendor/highlight.min.js")
+    for name in (*modules, "tools.js", "markdown.js", *vendored):
         script = await gateway.client.get(f"/static/{name}")
         assert script.status == 200 and "javascript" in script.headers["Content-Type"]
     assert (await gateway.client.get("/static/../app.py")).status in (403, 404)

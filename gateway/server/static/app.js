@@ -1,13 +1,15 @@
 // The Control UI: sessions in the sidebar, a streaming chat, the context inspector and the usage page, all over the
 // gateway's own WebSocket (same origin). No framework and no build step: the browser loads these modules as they are.
 
+import { ChatView } from "./chat.js";
 import { Gateway } from "./gateway.js";
-import { el, stats, when } from "./format.js";
+import { el, when } from "./format.js";
 import { renderInspection } from "./inspector.js";
 import { renderUsage, sinceFor } from "./usage.js";
 
 const $ = (selector) => document.querySelector(selector);
 const TOKEN_KEY = "agentspace.token";
+const AGENT_KEY = "agentspace.agent";
 const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/gateway";
 const gw = new Gateway(wsUrl);
 gw.token = sessionStorage.getItem(TOKEN_KEY) || localStorage.getItem(TOKEN_KEY);
@@ -18,7 +20,22 @@ const state = {
   view: "chat",
   streaming: null, // {id, sessionId}
   retryMs: 500,
+  agents: [],
 };
+
+const chat = new ChatView(gw, state, {
+  sessionCreated(sessionId) {
+    state.sessionId = sessionId;
+    history.replaceState(null, "", "#" + encodeURIComponent(sessionId));
+    refreshSessions();
+  },
+  async turnEnded() {
+    if (gw.ready) await refreshSessions();
+  },
+  agentForNewChat() {
+    return $("#agent").value || "default";
+  },
+});
 
 // ---- connection and token ----
 
@@ -42,6 +59,7 @@ async function connect() {
   state.retryMs = 500;
   setStatus("connected", "ok");
   $("#input").disabled = false;
+  await loadAgents();
   await refreshSessions();
   await openSession(state.sessionId);
 }
@@ -91,33 +109,58 @@ function renderSessions() {
   },
   el("button", { class: "open", title: s.sessionId, onclick: () => openSession(s.sessionId) },
     el("span", { class: "title" }, s.title || "Untitled"),
-    el("span", { class: "meta" }, `${s.messageCount} messages · ${when(s.updatedAt)}`)),
+    el("span", { class: "meta" }, `${s.agentId} · ${s.messageCount} messages · ${when(s.updatedAt)}`)),
   el("button", { class: "delete", title: "Delete this session", "aria-label": "Delete session",
     onclick: () => deleteSession(s) }, "×"))));
   if (!state.sessions.length) list.append(el("li", { class: "muted empty" }, "No sessions yet"));
   const current = state.sessions.find((s) => s.sessionId === state.sessionId);
   $("#session-title").textContent = current ? current.title || "Untitled" : "New chat";
+  showAgent();
 }
 
 async function openSession(sessionId) {
   state.sessionId = sessionId;
   history.replaceState(null, "", sessionId ? "#" + encodeURIComponent(sessionId) : location.pathname);
   renderSessions();
-  $("#messages").replaceChildren();
-  if (sessionId) {
-    try {
-      const page = await gw.request({ type: "session.history", sessionId, limit: 200 });
-      for (const m of page.messages) showMessage(m);
-    } catch (error) {
-      if (error.code !== "SESSION_NOT_FOUND") throw error;
-      return openSession(null);
-    }
-  } else {
-    $("#messages").append(el("p", { class: "muted hello" }, "Ask anything. Replies stream in as they are written."));
-  }
-  scrollDown();
+  if (!(await chat.show(sessionId))) return openSession(null);
   showView(state.view);
 }
+
+// ---- the agent picker: chooses the agent of a new chat; shows the agent of an open session ----
+
+async function loadAgents() {
+  try {
+    state.agents = (await gw.request({ type: "agent.list" })).agents;
+  } catch (error) {
+    state.agents = [{ agentId: "default", model: null }];
+    console.warn(error);
+  }
+  const picker = $("#agent");
+  const chosen = picker.value || localStorage.getItem(AGENT_KEY) || "default";
+  picker.replaceChildren(...state.agents.map((a) => el("option", {
+    value: a.agentId, title: a.problemCount ? `${a.problemCount} problem(s) in its files` : null,
+  }, a.model ? `${a.agentId} · ${a.model}` : a.agentId)));
+  picker.value = state.agents.some((a) => a.agentId === chosen) ? chosen : "default";
+  showAgent();
+}
+
+function showAgent() {
+  const picker = $("#agent");
+  const current = state.sessions.find((s) => s.sessionId === state.sessionId);
+  if (current) {
+    if (![...picker.options].some((o) => o.value === current.agentId)) {
+      picker.append(el("option", { value: current.agentId }, current.agentId));
+    }
+    picker.value = current.agentId;
+  } else if (state.sessionId === null) {
+    picker.value = localStorage.getItem(AGENT_KEY) || picker.value || "default";
+    if (!picker.value) picker.value = "default";
+  }
+  picker.disabled = state.sessionId !== null;
+  picker.title = picker.disabled ? "The agent of this session" : "The agent of the new chat";
+}
+
+$("#agent").addEventListener("change", () => localStorage.setItem(AGENT_KEY, $("#agent").value));
 
 async function deleteSession(session) {
   if (!confirm(`Delete "${session.title || "Untitled"}" and its messages? Usage records are kept.`)) return;
@@ -134,114 +177,6 @@ $("#new-chat").addEventListener("click", () => {
   openSession(null);
   showView("chat");
   $("#input").focus();
-});
-
-// ---- chat ----
-
-function bubble(role) {
-  const thinking = el("details", { class: "thinking", hidden: true }, el("summary", {}, "Thinking"), el("pre"));
-  const text = el("div", { class: "text" });
-  const node = el("div", { class: "msg " + role }, thinking, text, el("div", { class: "stats" }));
-  $("#messages").append(node);
-  return { node, thinking, text, stats: node.querySelector(".stats") };
-}
-
-function showMessage(m) {
-  const b = bubble(m.role);
-  for (const block of m.content || []) {
-    if (block.type === "thinking" && block.thinking) {
-      b.thinking.hidden = false;
-      b.thinking.querySelector("pre").textContent += block.thinking;
-    }
-  }
-  b.text.textContent = m.text;
-  if (m.status !== "complete") b.stats.textContent = m.errorCode ? `${m.status}: ${m.errorCode}` : m.status;
-}
-
-function scrollDown() {
-  const box = $("#messages");
-  box.scrollTop = box.scrollHeight;
-}
-
-function setStreaming(streaming) {
-  state.streaming = streaming;
-  $("#send").hidden = !!streaming;
-  $("#stop").hidden = !streaming;
-}
-
-async function send(content) {
-  for (const hello of document.querySelectorAll("#messages .hello")) hello.remove();
-  const userBubble = bubble("user");
-  userBubble.text.textContent = content;
-  const reply = bubble("assistant");
-  reply.node.classList.add("streaming");
-  scrollDown();
-  const startedIn = state.sessionId;
-  const fields = { content };
-  if (state.sessionId) fields.sessionId = state.sessionId;
-  const chat = gw.chat(fields, {
-    onFrame(frame) {
-      if (frame.sessionId && state.streaming) state.streaming.sessionId = frame.sessionId;
-      // Follow the new session only if the user is still on the "new chat" this reply started from.
-      if (frame.type === "session.created" && state.sessionId === startedIn) {
-        state.sessionId = frame.sessionId;
-        history.replaceState(null, "", "#" + encodeURIComponent(frame.sessionId));
-        refreshSessions();
-      }
-    },
-    onDelta(kind, text) {
-      if (kind === "thinking") {
-        reply.thinking.hidden = false;
-        reply.thinking.open = true;
-        reply.thinking.querySelector("pre").textContent += text;
-      } else {
-        reply.thinking.open = false;
-        reply.text.textContent += text;
-      }
-      scrollDown();
-    },
-  });
-  setStreaming({ id: chat.id, sessionId: state.sessionId });
-  try {
-    const end = await chat.done;
-    if (end.type === "chat.state") reply.text.textContent = end.text;
-    else reply.stats.textContent = stats(end);
-    if (end.status && end.status !== "complete") reply.node.classList.add(end.status);
-  } catch (error) {
-    reply.node.classList.add("failed");
-    reply.stats.textContent = `${error.code}: ${error.message}`;
-  } finally {
-    reply.node.classList.remove("streaming");
-    setStreaming(null);
-    scrollDown();
-  }
-  if (gw.ready) await refreshSessions();
-}
-
-$("#composer").addEventListener("submit", (event) => {
-  event.preventDefault();
-  const input = $("#input");
-  const content = input.value;
-  if (!content.trim() || state.streaming || !gw.ready) return;
-  input.value = "";
-  send(content);
-});
-
-$("#input").addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-    event.preventDefault();
-    $("#composer").requestSubmit();
-  }
-});
-
-$("#stop").addEventListener("click", async () => {
-  const streaming = state.streaming;
-  if (!streaming || !streaming.sessionId) return;
-  try {
-    await gw.request({ type: "chat.cancel", sessionId: streaming.sessionId, sendId: streaming.id });
-  } catch (error) {
-    if (error.code !== "NOTHING_TO_CANCEL") console.warn(error);
-  }
 });
 
 // ---- views: chat, context, usage ----

@@ -22,6 +22,9 @@ export class Gateway extends EventTarget {
     this.token = null;
     this.ready = false;
     this.nextId = 1;
+    // Unique beyond this page: a page that answers an approval for a turn whose client left (itself before a reload,
+    // say) takes that turn over and gets its frames under the old chat.send's id, which must not be one of ours.
+    this.idPrefix = "ui-" + Math.random().toString(36).slice(2, 10) + "-";
     this.waiting = new Map(); // id -> {resolve, reject, stream?}
   }
 
@@ -53,7 +56,7 @@ export class Gateway extends EventTarget {
   }
 
   request(frame) {
-    const id = "ui-" + this.nextId++;
+    const id = this.idPrefix + this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiting.delete(id);
@@ -67,10 +70,12 @@ export class Gateway extends EventTarget {
     });
   }
 
-  // Send a chat.send. Callbacks: onFrame(frame) for session.created / chat.stream.start, onDelta(kind, text).
+  // Send a chat.send. Callbacks: onDelta(kind, text) for text and thinking, onFrame(frame) for every other frame of
+  // the turn (session.created, chat.stream.start, the tool loop's frames). Frames for no request of this page are
+  // dispatched as an "orphan" event (`detail`: the frame).
   // Returns {id, done}: `done` resolves with the chat.stream.end (or chat.state) frame, rejects with GatewayError.
   chat(fields, { onFrame = () => {}, onDelta = () => {} } = {}) {
-    const id = "ui-" + this.nextId++;
+    const id = this.idPrefix + this.nextId++;
     const done = new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject, stream: { onFrame, onDelta } });
     });
@@ -107,7 +112,10 @@ export class Gateway extends EventTarget {
       return;
     }
     const waiter = this.waiting.get(frame.id);
-    if (!waiter) return;
+    if (!waiter) {
+      this.dispatchEvent(Object.assign(new Event("orphan"), { detail: frame }));
+      return;
+    }
     const stream = waiter.stream;
     if (stream && frame.type === "chat.stream.delta") return stream.onDelta("text", frame.delta);
     if (stream && frame.type === "chat.stream.thinking") return stream.onDelta("thinking", frame.delta);
