@@ -72,6 +72,19 @@ class ContextTooLarge(GatewayError):
     code = "CONTEXT_TOO_LARGE"
 
 
+class NothingToCompact(GatewayError):
+    """`session.compact` found nothing older than the turns it keeps (or only the summary in force)."""
+
+    code = "NOTHING_TO_COMPACT"
+
+
+class CompactionFailed(GatewayError):
+    """The model's answer to a summarisation request held no summary; the session is unchanged."""
+
+    code = "COMPACTION_FAILED"
+    retryable = True
+
+
 class BudgetExceeded(GatewayError):
     code = "BUDGET_EXCEEDED"
 

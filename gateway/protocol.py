@@ -85,6 +85,12 @@ SCHEMAS: Final[dict[str, tuple[Field, ...]]] = {
         Field("exact", bool),
         _MODEL,
         Field("tools", list),
+        Field("compact", bool),
+    ),
+    "session.compact": (
+        _text("sessionId", required=True),
+        Field("instructions", str, max_len=2000),
+        Field("keepTurns", int, min_value=0, max_value=1000),
     ),
     "usage.query": (
         _SESSION_ID,

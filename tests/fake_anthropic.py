@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.api_rules import check_request, sign_thinking
+from tests.fake_cache import PromptCache
 
 _SEP = (",", ":")
 _WORD = re.compile(r"\s*\S+\s*")
@@ -123,6 +124,32 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+# The gateway's summarisation requests (gateway/context/compaction.py) end with a user turn starting so.
+COMPACTION_REQUEST = "Compaction request:"
+SUMMARY_SNIPPET_CHARS = 40
+
+
+def summary_of(body: dict[str, Any]) -> str | None:
+    """A recognisable answer to a summarisation request, else None: `Summary of N messages: ` and the start of each
+    earlier user text, in order ("first question | second question | ..."). A summary in the request (a compaction
+    before) is kept in it as `[...]`."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    blocks = last.get("content") if isinstance(last.get("content"), list) else []
+    if not any(b.get("type") == "text" and str(b.get("text", "")).startswith(COMPACTION_REQUEST) for b in blocks):
+        return None
+    snippets: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        for block in [{"type": "text", "text": content}] if isinstance(content, str) else content or []:
+            text = str(block.get("text", "")) if block.get("type") == "text" else ""
+            if message.get("role") == "assistant" and text.startswith("Summary of "):
+                snippets.append(f"[{text[:SUMMARY_SNIPPET_CHARS]}]")
+            elif message.get("role") == "user" and text and not text.startswith(("[", COMPACTION_REQUEST)):
+                snippets.append(text[:SUMMARY_SNIPPET_CHARS])
+    return f"Summary of {len(messages)} messages: " + " | ".join(snippets)
+
+
 def estimate_tokens(body: dict[str, Any]) -> int:
     return max(1, len(json.dumps([body.get("system"), body.get("messages"), body.get("tools")])) // 4)
 
@@ -156,6 +183,9 @@ class FakeAnthropic:
         self.streams_cancelled = 0
         self.streams_completed = 0
         self.refusals: list[str] = []  # every 400 the API's own checks gave (tests/api_rules.py), in order
+        # Set to a PromptCache to have usage report cache reads and writes from the requests' breakpoints (replies
+        # that set their own token counts keep them).
+        self.prompt_cache: PromptCache | None = None
         self._queue: list[Reply] = []
         self._message_requests: list[RecordedRequest] = []
         self._streams: list[_Stream] = []
@@ -314,7 +344,7 @@ class FakeAnthropic:
         reply = self._queue.pop(0) if self._queue else self.default
         if reply.status != 200:
             return self._error(reply.status, reply.error_type, f"fake error {reply.status}", reply.retry_after)
-        plan = _Plan(reply, body)
+        plan = _Plan(reply, body, self.prompt_cache)
         if body.get("stream"):
             return await self._stream(request, reply, plan)
         return web.json_response(plan.message(final=True), headers={"request-id": f"req_{uuid.uuid4().hex[:24]}"})
@@ -421,10 +451,10 @@ def _block_events(blocks: list[dict[str, Any]], first_index: int) -> list[bytes]
 class _Plan:
     """Everything a reply will send, computed before the first byte so the streaming loop only writes."""
 
-    def __init__(self, reply: Reply, body: dict[str, Any]) -> None:
+    def __init__(self, reply: Reply, body: dict[str, Any], cache: PromptCache | None = None) -> None:
         self.reply = reply
         self.model = str(body.get("model", ""))
-        self.text = reply.text if reply.text is not None else f"You said: {_last_user_text(body)}"
+        self.text = reply.text if reply.text is not None else summary_of(body) or f"You said: {_last_user_text(body)}"
         if reply.blocks is not None and reply.text is None:
             self.text = ""
         self.has_text = bool(self.text) or reply.blocks is None
@@ -439,6 +469,14 @@ class _Plan:
             self.thinking_events = []
         self.signature = sign_thinking(reply.thinking or "")
         self.input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_tokens(body)
+        self.cache_write_5m, self.cache_read = reply.cache_creation_5m, reply.cache_read
+        if cache is not None and reply.input_tokens is None and not (reply.cache_creation_5m or reply.cache_read):
+            used = cache.use(body)
+            self.input_tokens, self.cache_write_5m, self.cache_read = (
+                used.input_tokens,
+                used.cache_write,
+                used.cache_read,
+            )
         self.output_tokens = (
             reply.output_tokens
             if reply.output_tokens is not None
@@ -452,10 +490,10 @@ class _Plan:
         return {
             **extra,
             "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": r.cache_creation_5m + r.cache_creation_1h,
-            "cache_read_input_tokens": r.cache_read,
+            "cache_creation_input_tokens": self.cache_write_5m + r.cache_creation_1h,
+            "cache_read_input_tokens": self.cache_read,
             "cache_creation": {
-                "ephemeral_5m_input_tokens": r.cache_creation_5m,
+                "ephemeral_5m_input_tokens": self.cache_write_5m,
                 "ephemeral_1h_input_tokens": r.cache_creation_1h,
             },
             "output_tokens": output_tokens,

@@ -76,6 +76,12 @@ RULES: dict[str, dict[str, Rule]] = {
         "exact": Rule((bool,)),
         "model": _text(128),
         "tools": _TOOLS,
+        "compact": Rule((bool,)),
+    },
+    "session.compact": {
+        "sessionId": _text(required=True),
+        "instructions": Rule((str,), max_len=2000),
+        "keepTurns": Rule((int,), min_value=0, max_value=1000),
     },
     "usage.query": {
         "sessionId": _text(),
@@ -317,6 +323,9 @@ def expected_answer(kind: str, fields: dict[str, Any], session_id: str, session_
         return "INVALID_MESSAGE"
     if clash and kind == "chat.send" and agent in (None, "default") and (session is None or known):
         return "INVALID_MESSAGE"
+    if kind == "session.compact":
+        # Whether there is anything older than the turns it keeps depends on the session's history so far.
+        return None if known else "SESSION_NOT_FOUND"
     if kind in ("session.history", "session.delete", "context.inspect"):
         if not known:
             return "SESSION_NOT_FOUND"

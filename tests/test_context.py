@@ -29,7 +29,7 @@ from tests.conftest import chat, request
 from tests.databases import rows
 from tests.fake_anthropic import FakeAnthropic, Reply
 
-SECTIONS = ["system_prompt", "memory", "skills", "tools", "history"]
+SECTIONS = ["system_prompt", "memory", "skills", "tools", "summary", "history"]
 SYSTEM_PARTS = ("system_prompt", "memory", "skills")  # the sections that make up the request's `system` blocks
 SONNET_INPUT_USD_PER_TOKEN = 2 / 1_000_000  # claude-sonnet-5-5, docs/PRICING.md
 
@@ -326,7 +326,7 @@ async def test_exact_count_failure_still_returns_the_estimate(ws: ClientWebSocke
     assert frame["exactError"]["code"] == "UPSTREAM_AUTH"
     assert frame["exactError"]["retryable"] is False
     assert frame["exactError"]["message"]
-    assert frame["totals"]["tokenEstimate"] > 0 and len(frame["sections"]) == 5
+    assert frame["totals"]["tokenEstimate"] > 0 and len(frame["sections"]) == len(SECTIONS)
 
 
 async def test_exact_count_without_a_key(
@@ -479,7 +479,7 @@ async def test_cli_prints_the_same_inspection(
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == f"session {session_id} (agent:writer:{session_id}), model claude-sonnet-5-5 (the session's)"
-    table = {line.split()[0]: line for line in lines[2:9]}
+    table = {line.split()[0]: line for line in lines[2:10]}
     assert lines[2].split() == ["section", "items", "bytes", "tokens", "cost", "share"]
     total_tokens = shown["totals"]["tokenEstimate"]
     for section in shown["sections"]:

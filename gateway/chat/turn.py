@@ -11,7 +11,9 @@ from typing import Any
 from gateway import errors
 from gateway.billing.budgets import Reservation
 from gateway.context.assembly import Assembled, assemble
+from gateway.context.context_config import ContextConfig
 from gateway.context.inspection import calibrated, calibration_ratio, estimate_input_tokens, measure
+from gateway.context.window import effective_window, too_large_message
 from gateway.context.workspace import Workspace
 from gateway.protocol import Request, RequestId
 from gateway.store import HistoryItem, TurnRows
@@ -19,6 +21,7 @@ from gateway.store.chats import new_id
 from gateway.store.models import ApiKey, ChatSession
 from gateway.store.snapshots import StaleSnapshot
 
+from .compact_job import Before, compact_if_due
 from .locks import SessionLease
 from .relay import SendRaw
 from .request import CANCEL_STATUS, TurnContext
@@ -161,6 +164,12 @@ class Turn:
         pending, tools = req.get("content"), toolbox.definitions
         assembled = assemble(workspace, history, pending=pending, model=model, max_tokens=max_tokens, tools=tools)
         estimate = estimate_input_tokens(await measure(assembled, s.tokens))
+        if session is not None:
+            before = Before(session, history, workspace, model, max_tokens, pending, tools, estimate)
+            compacted = await compact_if_due(s, self.send, self.rid, self.key, before)
+            if compacted is not None:  # the session moved on: what this turn was assembled from is read afresh
+                session, history, assembled, estimate = compacted
+                snapshot, self.ctx = None, TurnContext(workspace, toolbox, history, max_tokens)
         await self.check_window(model, estimate)
         s.upstream.client()  # MISSING_API_KEY before anything is written
         await self.reserve_budget(workspace, model, estimate, max_tokens)  # BUDGET_EXCEEDED, ditto
@@ -211,16 +220,18 @@ class Turn:
             log.warning("session %s: marked %d replies of a dead process interrupted", self.session_id, recovered)
 
     async def check_window(self, model: str, estimate: int) -> None:
-        window = self.s.prices.context_window(model)
+        config = self.ctx.workspace.context if self.ctx is not None else ContextConfig()
+        window = effective_window(self.s.prices, model, config)
         if window is None:
             return
         ratio = calibration_ratio(await self.s.store.chats.calibration(model))
         expected = calibrated(estimate, ratio)
         if expected > window:
             raise errors.ContextTooLarge(
-                f"the assembled context is about {expected} tokens; {model}'s window is {window}",
+                too_large_message(model, expected, window, auto=config.auto_compact),
                 tokenEstimate=expected,
                 contextWindow=window,
+                overBy=expected - window,
             )
 
     async def _answer_duplicate(self, key: str) -> bool:

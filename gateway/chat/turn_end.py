@@ -114,7 +114,7 @@ async def end_begun_after_cancel(s: Services, writing: asyncio.Future[TurnRows],
     be under way, and SQLite's thread cannot be interrupted); if it wrote the rows, the empty reply is ended here with
     `status`, or it would stay `streaming` until the next send or a restart (issue 14: 11 of 2,000 churned sends).
     Returns the rows when they were written."""
-    await _unstoppable(writing)
+    await unstoppable(writing)
     if writing.cancelled() or writing.exception() is not None:
         return None  # nothing was written
     rows = writing.result()
@@ -130,7 +130,7 @@ async def end_begun_after_cancel(s: Services, writing: asyncio.Future[TurnRows],
             usage=None,
         )
     )
-    await _unstoppable(ending)
+    await unstoppable(ending)
     if not ending.cancelled() and ending.exception() is not None:
         # The database failed just now: the reply stays `streaming` until the next send into the session (which holds
         # the lock and recovers it) or a restart marks it `interrupted`.
@@ -138,7 +138,7 @@ async def end_begun_after_cancel(s: Services, writing: asyncio.Future[TurnRows],
     return rows
 
 
-async def _unstoppable(work: asyncio.Future[Any]) -> None:
+async def unstoppable(work: asyncio.Future[Any]) -> None:
     """Wait for `work` to finish; a further cancel of the waiter must not leave it unjudged."""
     while not work.done():
         with contextlib.suppress(asyncio.CancelledError):

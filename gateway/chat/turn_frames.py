@@ -135,6 +135,7 @@ def usage_record(
         server_tool_cost=cost.server_tool if cost else None,
         web_search_requests=server_tools.get("web_search_requests", 0),
         web_fetch_requests=server_tools.get("web_fetch_requests", 0),
+        purpose=rows.purpose,
     )
 
 

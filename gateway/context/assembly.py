@@ -1,7 +1,9 @@
 """The one context assembler: what `chat.send` sends and what `context.inspect` shows come from `assemble()`.
 
-Sections, in order: system_prompt, memory, skills, tools, history. Each section's content is exactly the part of the
-request it stands for, so the inspector's bytes and tokens are by construction those of the request.
+Sections, in order: system_prompt, memory, skills, tools, summary, history. Each section's content is exactly the part
+of the request it stands for, so the inspector's bytes and tokens are by construction those of the request: `summary`
+and `history` are the `messages` array in two parts (the summary of a compacted session's older part, then the turns
+after it; docs/COMPACTION.md).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .compaction import split_history, summary_turns
+from .editing import Edit, EditPlan, Edits, edit_blocks, plan_edits, tool_names
 from .pairing import pair_tool_blocks
 from .workspace import Workspace
 
-SECTION_NAMES = ("system_prompt", "memory", "skills", "tools", "history")
+SECTION_NAMES = ("system_prompt", "memory", "skills", "tools", "summary", "history")
 MEMORY_HEADING = "# Long-term memory"
 SKILLS_HEADING = "# Skills\n\nThese skills are available; ask for one by name when it fits the task."
 
@@ -32,6 +36,11 @@ class StoredMessage(Protocol):
         """Changes whenever the message does."""
         ...
 
+    @property
+    def kind(self) -> str: ...
+    @property
+    def compacted_by(self) -> str | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Section:
@@ -42,6 +51,10 @@ class Section:
     # History only: per turn, an identity that changes whenever the turn's JSON does (its messages' ids and
     # versions, its cache marker), or None for the turn holding the draft. Measurements are cached under it.
     item_keys: tuple[Hashable | None, ...] = ()
+    # Summary and history: the bytes of the `messages` array's brackets and commas this part counts, so the two
+    # parts' byte counts add up to the array's exactly. None: a list of its own ("[", "]" and its commas).
+    array_bytes: int | None = None
+    details: tuple[tuple[str, Any], ...] = ()  # more fields for the inspector (the summary's message id, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +63,7 @@ class Assembled:
     sections: tuple[Section, ...]
     model: str
     cache_mode: str
+    edits: tuple[Edit, ...] = ()  # what context editing left out (editing.py)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -72,16 +86,23 @@ def replayable_content(message: StoredMessage) -> list[dict[str, Any]]:
 
 
 def history_messages(
-    history: Sequence[StoredMessage], pending: str | None
+    history: Sequence[StoredMessage], pending: str | None, plan: EditPlan | None = None, edits: Edits | None = None
 ) -> tuple[list[dict[str, Any]], list[tuple[Hashable, ...] | None]]:
-    """The turns to send, and for each the versions of the messages in it (None if it holds the draft)."""
+    """The turns to send, and for each the versions of the messages in it (None if it holds the draft). `history`:
+    the messages after any summary; `plan`: what context editing leaves out (its edits are added to `edits`)."""
     turns: list[dict[str, Any]] = []
     keys: list[tuple[Hashable, ...] | None] = []
+    names = tool_names(history) if plan else {}
     for message in history:
-        blocks = replayable_content(message)
+        replayable = replayable_content(message)
+        blocks = edit_blocks(message, replayable, plan, names, edits or Edits()) if plan else replayable
         if not blocks:
             continue
-        version = (message.id, message.version)
+        version: tuple[Hashable, ...] = (message.id, message.version)
+        if plan and blocks is not replayable:
+            # The same message edited is different JSON: measured under another key, which says how it was edited.
+            cleared = tuple(b["tool_use_id"] for b in replayable if b.get("tool_use_id") in plan.tool_uses)
+            version = (*version, ("edited", message.id in plan.thinking, cleared))
         if turns and turns[-1]["role"] == message.role:
             # Two user turns in a row (the reply between them failed before any text): the API wants alternation.
             turns[-1]["content"].extend(blocks)
@@ -126,6 +147,23 @@ def _mark_prefix(turns: list[dict[str, Any]], keys: list[tuple[Hashable, ...] | 
                 return
 
 
+def _summary_part(
+    summary: StoredMessage | None, marker: dict[str, str] | None, compacted: int
+) -> tuple[list[dict[str, Any]], tuple[Hashable, ...], tuple[tuple[str, Any], ...]]:
+    """The summary's turns, their measurement keys and the inspector's details of it."""
+    if summary is None:
+        return [], (), ()
+    turns = summary_turns(summary)
+    keys: list[Hashable] = [("summary-preamble", turns[0]["content"][0]["text"]), (summary.id, summary.version)]
+    if marker is not None:
+        # Its own breakpoint: tools, system and summary are one cached prefix, written once after a compaction and
+        # read by every later request, however many blocks the turns after it add.
+        blocks = turns[1]["content"]
+        blocks[-1]["cache_control"] = marker
+        keys[1] = (summary.id, summary.version, ("cache_control", *marker.items()))
+    return turns, tuple(keys), (("messageId", summary.id), ("compactedMessages", compacted))
+
+
 def assemble(
     workspace: Workspace,
     history: Sequence[StoredMessage],
@@ -134,9 +172,11 @@ def assemble(
     model: str,
     max_tokens: int,
     tools: Sequence[dict[str, Any]] | None = None,
+    edit_plan: EditPlan | None = None,
 ) -> Assembled:
     """The request. `tools`: the definitions to send (a turn's toolbox: built-ins, tools.json, MCP and the client's
-    own); None sends the workspace's tools.json as it is."""
+    own); None sends the workspace's tools.json as it is. `edit_plan`: what context editing leaves out; None plans it
+    from `history` and the agent's settings."""
     marker = _cache_marker(workspace.cache_mode)
     system: list[dict[str, Any]] = [{"type": "text", "text": workspace.system_prompt}]
     memory_text = f"{MEMORY_HEADING}\n\n{workspace.memory}" if workspace.memory else ""
@@ -151,19 +191,35 @@ def assemble(
         # Tools come before system in the prompt, so one breakpoint here caches tools and system together.
         system[-1] = {**system[-1], "cache_control": marker}
 
-    turns, keys = history_messages(history, pending)
+    summary, visible = split_history(history)
+    if edit_plan is None:
+        edit_plan = plan_edits(visible, workspace.context, pending=pending is not None)
+    edits = Edits()
+    turns, keys = history_messages(visible, pending, edit_plan, edits)
     if marker is not None:
         _mark_prefix(turns, keys, marker)
+    compacted = sum(1 for message in history if message.compacted_by is not None)
+    head, head_keys, details = _summary_part(summary, marker, compacted)
     tools = [dict(tool) for tool in (workspace.tools if tools is None else tools)]
 
-    params: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "system": system, "messages": turns}
+    params: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "system": system, "messages": head + turns}
     if tools:
         params["tools"] = tools
+    # With a summary, `messages` is its turns then the history's: the summary counts "[" and a comma after each of
+    # its turns, the history its commas and "]".
     sections = (
         Section("system_prompt", workspace.system_prompt, truncated=workspace.system_truncated),
         Section("memory", memory_text, truncated=workspace.memory_truncated),
         Section("skills", skills_text, item_count=len(workspace.skills), truncated=workspace.skills_truncated),
         Section("tools", tools, item_count=len(tools), truncated=workspace.tools_truncated),
-        Section("history", turns, item_count=len(turns), item_keys=tuple(keys)),
+        Section(
+            "summary",
+            head,
+            len(head),
+            item_keys=head_keys,
+            array_bytes=len(head) + 1 if head else None,
+            details=details,
+        ),
+        Section("history", turns, len(turns), item_keys=tuple(keys), array_bytes=len(turns) if head else None),
     )
-    return Assembled(params=params, sections=sections, model=model, cache_mode=workspace.cache_mode)
+    return Assembled(params, sections, model, workspace.cache_mode, tuple(edits.made))

@@ -14,7 +14,9 @@ from gateway.billing.prices import PriceBook
 from gateway.store.models import TokenCalibration
 
 from .assembly import Assembled, Section
+from .context_config import ContextConfig
 from .tokens import COUNTER_NAME, TokenCounter, utf8_len
+from .window import effective_window
 
 # The API wraps each request in a few tokens of its own (roles, separators); a small, honest fudge.
 REQUEST_OVERHEAD_TOKENS = 3
@@ -36,19 +38,21 @@ async def section_size(section: Section, counter: TokenCounter) -> tuple[int, in
     if isinstance(content, str):
         return utf8_len(content), await counter.count_async(content)
     if section.item_keys:
-        return await _turns_size(content, section.item_keys, counter)
+        return await _turns_size(content, section.item_keys, counter, section.array_bytes)
     tokens, size = await counter.measure_json_async(content)
     return size, tokens
 
 
-async def _turns_size(turns: list[Any], keys: Sequence[Hashable | None], counter: TokenCounter) -> tuple[int, int]:
+async def _turns_size(
+    turns: list[Any], keys: Sequence[Hashable | None], counter: TokenCounter, array_bytes: int | None = None
+) -> tuple[int, int]:
     """Turn by turn, each under its identity, so only new or changed turns are serialized and counted.
 
     Warm, that is a dictionary lookup per turn. Cold (a long session's first request after a restart) tiktoken
     needs ~0.2 s per MB, so the loop is given back every few milliseconds and other connections' streams keep
     flowing. (A worker thread was tried: it fought the loop for the GIL and stalled it longer.)
     """
-    total_bytes = len(turns) + 1  # "[", "]" and the commas between turns
+    total_bytes = len(turns) + 1 if array_bytes is None else array_bytes  # "[", "]" and the commas between turns
     total_tokens = 0
     deadline = time.perf_counter() + YIELD_EVERY_S
     for turn, key in zip(turns, keys, strict=True):
@@ -87,8 +91,10 @@ def inspection_body(
     *,
     at: datetime,
     ratio: float | None,
+    context: ContextConfig | None = None,
 ) -> dict[str, Any]:
-    """Everything of the `context.inspection` frame that describes the request itself."""
+    """Everything of the `context.inspection` frame that describes the request itself. `context`: the agent's
+    settings (its window)."""
     best = calibrated(estimate_input_tokens(measured), ratio)
     # The tier is chosen by the size of the whole prompt, as the bill will be; the best estimate picks it.
     rate = prices.input_rate(assembled.model, at, best)
@@ -108,12 +114,13 @@ def inspection_body(
             entry["itemCount"] = m.section.item_count
         if m.section.truncated is not None:
             entry["truncated"] = m.section.truncated
+        entry.update(m.section.details)
         sections.append(entry)
         total_bytes += m.byte_count
         total_tokens += m.token_estimate
         if total_cost is not None and cost is not None:
             total_cost += cost
-    window = prices.context_window(assembled.model)
+    window = effective_window(prices, assembled.model, context or ContextConfig())
     return {
         "model": assembled.model,
         "sections": sections,
@@ -131,4 +138,37 @@ def inspection_body(
         "maxTokens": assembled.params["max_tokens"],
         "cacheMode": assembled.cache_mode,
         "priced": rate is not None,
+    }
+
+
+async def editing_report(
+    assembled: Assembled, counter: TokenCounter, rate: int | None, context: ContextConfig
+) -> dict[str, Any]:
+    """The inspector's `contextEditing`: the agent's settings, what editing left out of this request and what that
+    saved (the blocks as stored against what is sent instead)."""
+    cleared: list[dict[str, Any]] = []
+    saved_bytes = saved_tokens = 0
+    for edit in assembled.edits:
+        tokens, size = await counter.measure_json_async(edit.original)
+        sent_tokens, sent_size = (0, -1)  # a block left out takes its comma with it
+        if edit.replacement is not None:
+            sent_tokens, sent_size = await counter.measure_json_async(edit.replacement)
+        saved_bytes += size - sent_size
+        saved_tokens += tokens - sent_tokens
+        entry = {"kind": edit.kind, "messageId": edit.message_id, "byteCount": size, "tokenEstimate": tokens}
+        if edit.tool_use_id is not None:
+            entry.update(toolUseId=edit.tool_use_id, name=edit.name)
+        cleared.append(entry)
+    return {
+        "clearToolResults": context.clear_tool_results,
+        "keepToolUses": context.keep_tool_uses,
+        "clearThinking": context.clear_thinking,
+        "keepThinkingTurns": context.keep_thinking_turns,
+        "clearBatch": context.clear_batch,
+        "clearedToolResults": sum(1 for e in assembled.edits if e.kind == "tool_result"),
+        "clearedThinking": sum(1 for e in assembled.edits if e.kind == "thinking"),
+        "savedBytes": saved_bytes,
+        "savedTokens": saved_tokens,
+        "savedCost": None if rate is None else nano_to_usd(saved_tokens * rate),
+        "cleared": cleared,
     }

@@ -20,6 +20,7 @@ from gateway.errors import AgentNotFound, InvalidMessage
 from gateway.protocol import AGENT_ID_PATTERN, AGENT_ID_RULE
 from gateway.settings import DEFAULT_AGENT, DEFAULT_SYSTEM_PROMPT
 
+from .context_config import ContextConfig
 from .tool_config import ToolConfig
 from .workspace_files import (
     MAX_AGENT_TOML_BYTES,
@@ -71,6 +72,7 @@ class Workspace:
     budget: Budget | None = None  # agent.toml [budget]; enforced by gateway/billing/budgets.py
     tool_config: ToolConfig = field(default_factory=ToolConfig)  # agent.toml [tools] and [mcp]; used by gateway/tools
     root: Path | None = None  # the agent's folder (the default agent's may not exist); None when it was refused
+    context: ContextConfig = field(default_factory=ContextConfig)  # agent.toml [context]: window, compaction, editing
 
 
 def validate_agent_id(agent_id: str) -> str:
@@ -188,6 +190,7 @@ class WorkspaceLoader:
             budget=config.budget,
             tool_config=config.tools,
             root=root.root if root is not None else None,
+            context=config.context,
         )
 
     @staticmethod

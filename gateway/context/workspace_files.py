@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.billing.budget_config import Budget, budget_of_unreadable, parse_budget
 
+from .context_config import ContextConfig, parse_context_config
 from .tool_config import ToolConfig, parse_tool_config
 
 MAX_SYSTEM_BYTES = 64 * 1024
@@ -37,7 +38,7 @@ MAX_TOKENS_CAP = 1_000_000  # the protocol's own bound on maxTokens
 
 # Anthropic rejects the whole request over one bad tool, so bad tools are dropped here instead.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_AGENT_TOML_KEYS = frozenset({"model", "cache", "max_tokens", "budget", "tools", "mcp"})
+_AGENT_TOML_KEYS = frozenset({"model", "cache", "max_tokens", "budget", "tools", "mcp", "context"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class AgentConfig:
     problems: tuple[str, ...] = ()
     budget: Budget | None = None
     tools: ToolConfig = field(default_factory=ToolConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
 
 
 def _decode(data: bytes, cut: bool) -> str:
@@ -254,8 +256,10 @@ def parse_agent_toml(data: bytes, cut: bool) -> AgentConfig:
         problems.append(f"agent.toml: {budget.problem}; this agent's sends are refused until it is fixed")
     tools = parse_tool_config(raw.get("tools"), raw.get("mcp"))
     problems.extend(f"agent.toml: {problem}" for problem in tools.problems)
+    context = parse_context_config(raw.get("context"))
+    problems.extend(f"agent.toml: {problem}" for problem in context.problems)
     capped = _capped(problems, "agent.toml")
-    return AgentConfig(model.strip() if model else None, cache, max_tokens, capped, budget, tools)
+    return AgentConfig(model.strip() if model else None, cache, max_tokens, capped, budget, tools, context)
 
 
 def _model_name_ok(model: object) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import errors
+from gateway.chat.compact_job import CompactJob
 from gateway.chat.services import Services
 from gateway.chat.turn import Turn
 from gateway.protocol import Request, RequestId, dump, error_frame, parse_frame
@@ -74,7 +75,7 @@ class Connection:
         self.credentials = credentials or Credentials(services.settings.token, services.store.keys)
         self.key = key  # the named gateway key this connection authenticated with, if any
         self.gone = False
-        self.turn: Turn | None = None
+        self.turn: Turn | CompactJob | None = None  # the one stream (or compaction) this connection runs
         self.turn_task: asyncio.Task[None] | None = None
         self._guard = guard
         self._write_lock = asyncio.Lock()
@@ -176,7 +177,7 @@ class Connection:
             return
         if not self.authenticated:
             raise errors.Unauthorized("send an `auth` frame with the gateway token first")
-        if request.type == "chat.send":
+        if request.type in ("chat.send", "session.compact"):
             self._start_turn(request)
         elif request.type == "chat.cancel":
             await self._cancel(request)
@@ -210,7 +211,10 @@ class Connection:
                 "a reply is already streaming on this connection; wait for it or send chat.cancel",
                 sessionId=self.turn.session_id,
             )
-        self.turn = Turn(self.s, request, self.send, self.send_raw, self.key)
+        if request.type == "session.compact":
+            self.turn = CompactJob(self.s, request, self.send, self.key)
+        else:
+            self.turn = Turn(self.s, request, self.send, self.send_raw, self.key)
         self.turn_task = self.turn.task = asyncio.create_task(self.turn.run(), name=f"turn-{request.id}")
         self.s.active_turns.add(self)
 
@@ -247,7 +251,9 @@ class Connection:
         await self.stop_turn("cancelled", turn, task)
         await self.send({"type": "chat.cancelled", "id": request.id, "sessionId": session_id})
 
-    async def stop_turn(self, reason: str, turn: Turn | None = None, task: asyncio.Task[None] | None = None) -> None:
+    async def stop_turn(
+        self, reason: str, turn: Turn | CompactJob | None = None, task: asyncio.Task[None] | None = None
+    ) -> None:
         """Cancel the running turn and wait until it has saved its partial reply and sent its terminal frame."""
         if turn is None:
             turn, task = self.turn, self.turn_task

@@ -9,12 +9,13 @@ from gateway.billing.reports import usage_report
 from gateway.chat.services import Services
 from gateway.chat.turn_frames import model_for, session_key
 from gateway.context.assembly import assemble
-from gateway.context.inspection import calibration_ratio, inspection_body, measure
+from gateway.context.inspection import calibrated, calibration_ratio, estimate_input_tokens, inspection_body, measure
 from gateway.context.tool_inspection import tool_details
 from gateway.protocol import Request, parse_time
 from gateway.store import UsageFilters
 from gateway.store.models import ChatSession, Message
 
+from .compact_preview import add_editing, compaction_preview
 from .tool_queries import call_fields, pending_fields
 
 
@@ -42,6 +43,9 @@ def message_fields(message: Message) -> dict[str, Any]:
         "status": message.status,
         "stopReason": message.stop_reason,
         "errorCode": message.error_code,
+        "kind": message.kind,
+        "compacted": message.compacted_by is not None,
+        "compactedBy": message.compacted_by,
         "createdAt": message.created_at,
         "updatedAt": message.updated_at,
     }
@@ -153,16 +157,33 @@ async def context_inspect(s: Services, req: Request) -> dict[str, Any]:
     tools = toolbox.definitions
     assembled = assemble(workspace, history, pending=pending, model=model, max_tokens=max_tokens, tools=tools)
     ratio = calibration_ratio(await s.store.chats.calibration(model))
+    at = s.clock.now()
+    measured = await measure(assembled, s.tokens)
     frame: dict[str, Any] = {
         "type": "context.inspection",
         "sessionId": session.id,
         "sessionKey": session_key(session),
         "agentId": session.agent_id,
-        **inspection_body(assembled, await measure(assembled, s.tokens), s.prices, at=s.clock.now(), ratio=ratio),
+        **inspection_body(assembled, measured, s.prices, at=at, ratio=ratio, context=workspace.context),
         "modelSource": model_source,
         "problems": [*workspace.problems, *toolbox.problems],
     }
     await tool_details(frame, s.tokens, {t.name: (t.executor, t.policy) for t in toolbox.tools})
+    await add_editing(s, frame, assembled, workspace, at)
+    if req.get("compact"):
+        current = calibrated(estimate_input_tokens(measured), ratio)
+        frame["compaction"] = await compaction_preview(
+            s,
+            history,
+            workspace,
+            model,
+            tools,
+            pending=pending,
+            max_tokens=max_tokens,
+            at=at,
+            ratio=ratio,
+            current=current,
+        )
     if req.get("exact"):
         try:
             frame["exactInputTokens"] = await s.upstream.count_tokens(assembled.params)

@@ -10,6 +10,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 
 from .base import Database
 from .chats import ChatStore, TurnRows
+from .compactions import Compacted, CompactionConflict, CompactionStore
 from .history import HistoryItem
 from .keys import KeyStore, KeyUsage
 from .sessions import HistoryPage, SessionPage, SessionStore
@@ -28,10 +29,14 @@ class Store:
         self.keys = KeyStore(database, clock)
         self.tools = ToolCallStore(database, clock, self.chats.calibrations)
         self.transcripts = TranscriptStore(database, clock)
+        self.compactions = CompactionStore(database, self.chats, clock)
 
 
 __all__ = [
     "ChatStore",
+    "Compacted",
+    "CompactionConflict",
+    "CompactionStore",
     "Database",
     "HistoryItem",
     "HistoryPage",

@@ -37,6 +37,7 @@ class TurnRows:
     assistant_message: Message
     session_created: bool
     key_id: str | None = None  # the gateway key the turn came with; its usage rows name it
+    purpose: str = "chat"  # what its usage rows say the requests were for: "chat", or "compaction"
 
 
 def new_id() -> str:
@@ -201,6 +202,10 @@ class ChatStore:
             as_read = HistoryItem(user.id, "user", user.content, version_at(user.updated_at), user.status)
             self._snapshots.begun(rows.assistant_message.id, rows.session, history, as_read)
         return rows
+
+    def drop_snapshot(self, session_id: str) -> None:
+        """The session changed in a way a snapshot cannot follow (it was compacted): the next send reads it afresh."""
+        self._snapshots.drop(session_id)
 
     def forget_turn(self, reply_id: str) -> None:
         """The turn went on past its first reply (a tool loop): the next send reads the session afresh."""

@@ -35,6 +35,12 @@ class HistoryItem:
     version: str  # changes whenever the message does: its updated_at, as text (parsing 1,000 dates costs ~5 ms)
     # A reply still `streaming` while its session's lock is free was left by a process that died.
     status: str = "complete"
+    kind: str = "message"  # or "summary": a compaction's summary (gateway/context/compaction.py)
+    compacted_by: str | None = None  # the summary that covers it: no longer sent
+
+    @property
+    def compacted(self) -> bool:
+        return self.compacted_by is not None
 
 
 def version_at(stamp: datetime) -> str:
@@ -50,8 +56,10 @@ HistoryRead = tuple[list[Any], list[Any], list[Any]]
 _VERSION = cast(Message.updated_at, String)
 _CONTENT_TEXT = cast(Message.content, Text)
 # Built once: constructing a statement costs about as much as running this one on a warm cache.
+# Kind and compaction are read with the heads, not cached with the content: compacting a session marks its messages
+# without changing their versions, so their contents (and measurements) stay cached.
 _HEADS = (
-    select(Message.seq, Message.id, Message.role, _VERSION, Message.status)
+    select(Message.seq, Message.id, Message.role, _VERSION, Message.status, Message.kind, Message.compacted_by)
     .where(Message.session_id == bindparam("session_id"))
     .order_by(Message.seq)
 )
@@ -77,7 +85,7 @@ class HistoryLoader:
         database thread; `finish` changes it, on the event loop."""
         heads = list(conn.execute(_HEADS, {"session_id": session_id}).all())
         cache = self._cache
-        known: list[Any] = [cache.get((message_id, version)) for _, message_id, _, version, _ in heads]
+        known: list[Any] = [cache.get((head[1], head[3])) for head in heads]
         first_unknown = next((head[0] for head, hit in zip(heads, known, strict=True) if hit is None), None)
         contents: list[Any] = []
         if first_unknown is not None:
@@ -94,7 +102,7 @@ class HistoryLoader:
             fetched[message_id] = (version, status, content)
             self._remember((message_id, version), content, len(text or ""))
         items: list[HistoryItem] = []
-        for (_, message_id, role, version, status), hit in zip(heads, known, strict=True):
+        for (_, message_id, role, version, status, kind, compacted_by), hit in zip(heads, known, strict=True):
             found = fetched.get(message_id) if fetched else None
             if found is not None:
                 # Read a moment after the versions: if the message changed in between, the newer read wins.
@@ -105,7 +113,7 @@ class HistoryLoader:
                 content = hit[0]
             else:
                 continue  # deleted between the two reads
-            items.append(HistoryItem(message_id, role, content, version, status))
+            items.append(HistoryItem(message_id, role, content, version, status, kind, compacted_by))
         return items
 
     def _remember(self, key: tuple[str, str], content: list[dict[str, Any]], chars: int) -> None:

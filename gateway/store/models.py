@@ -97,6 +97,10 @@ class Message(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # "message", or "summary": what the model wrote when the session was compacted (docs/COMPACTION.md). Sent in
+    # place of the messages it covers, which keep their rows with `compacted_by` naming it and are no longer sent.
+    kind: Mapped[str] = mapped_column(String(16), default="message", server_default="message")
+    compacted_by: Mapped[str | None] = mapped_column(String(36))
 
     __table_args__ = (
         Index("ix_messages_session_seq", "session_id", "seq", unique=True),
@@ -152,6 +156,8 @@ class UsageRecord(Base):
     web_search_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     web_fetch_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     server_tool_cost: Mapped[int | None] = mapped_column(BigInteger)
+    # Why the request was made: "chat" (a turn's, or the HTTP API's) or "compaction" (a session's summary).
+    purpose: Mapped[str] = mapped_column(String(16), default="chat", server_default="chat")
 
     __table_args__ = (
         Index("ix_usage_records_created_at", "created_at"),
