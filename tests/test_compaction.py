@@ -13,6 +13,7 @@ from gateway.context.compaction import SUMMARY_PREAMBLE
 from gateway.settings import Settings
 from tests.conftest import chat, collect, request, send
 from tests.fake_anthropic import COMPACTION_REQUEST, FakeAnthropic, Reply
+from tests.fake_cache import PromptCache
 from tests.sql import sql_rows
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa ".split()
@@ -275,3 +276,37 @@ async def test_compaction_frames_are_validated(ws: ClientWebSocketResponse) -> N
     assert (bad["code"], bad["field"]) == ("INVALID_MESSAGE", "instructions")
     bad = await request(ws, {"type": "context.inspect", "sessionId": "s", "compact": "yes"})
     assert (bad["code"], bad["field"]) == ("INVALID_MESSAGE", "compact")
+
+
+async def test_a_compaction_costs_one_cache_write(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    """With the fake's prompt cache (breakpoints, prefixes, 20-block lookback): the summarisation request reads the
+    session's cached prefix; the first request after it writes the summary once; every later request reads all that
+    the one before it wrote, so no turn after a compaction pays for the summary again."""
+    fake.prompt_cache = PromptCache()
+    agent = make_agent(settings.home)
+    session_id = (await turn(ws, long_message(0), agentId=agent))[0]["sessionId"]
+    for n in range(1, 20):
+        await turn(ws, long_message(n), sessionId=session_id)
+    rows = await sql_rows(
+        settings.db_url,
+        "SELECT purpose, input_tokens, cache_read_tokens, cache_write_5m_tokens FROM usage_records"
+        " WHERE session_id = :s ORDER BY created_at",
+        s=session_id,
+    )
+    kinds = [r["purpose"] for r in rows]
+    assert kinds.count("compaction") >= 2
+    for i in range(2, len(rows)):
+        row, before = rows[i], rows[i - 1]
+        if row["purpose"] == "compaction":
+            # The whole history it summarises was cached by the turn before: read, nothing written.
+            assert row["cache_read_tokens"] == before["cache_read_tokens"] + before["cache_write_5m_tokens"]
+            assert row["cache_write_5m_tokens"] == 0
+        elif before["purpose"] == "compaction":
+            # Tools and system are still cached; the summary (and the turn kept after it) is written, once.
+            assert 0 < row["cache_read_tokens"] < 200 < row["cache_write_5m_tokens"]
+        else:
+            # Everything the previous request wrote is read back; only the newest turn is written.
+            assert row["cache_read_tokens"] == before["cache_read_tokens"] + before["cache_write_5m_tokens"]
+            assert row["cache_write_5m_tokens"] < 400

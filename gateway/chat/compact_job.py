@@ -14,7 +14,7 @@ from gateway import errors
 from gateway.context.assembly import Assembled, assemble
 from gateway.context.compaction import cuts
 from gateway.context.inspection import calibrated, calibration_ratio, estimate_input_tokens, measure
-from gateway.context.window import compaction_due
+from gateway.context.window import compaction_due, effective_window
 from gateway.context.workspace import Workspace
 from gateway.protocol import Request, RequestId
 from gateway.store import HistoryItem
@@ -140,6 +140,16 @@ class Before:
     estimate: int
 
 
+async def _hopeless(s: Services, turn: Before, ratio: float | None) -> bool:
+    """Whether the turn's request would pass the window even with no history at all."""
+    window = effective_window(s.prices, turn.model, turn.workspace.context)
+    if window is None:
+        return False
+    bare = assemble(turn.workspace, [], pending=turn.pending, model=turn.model, max_tokens=turn.max_tokens,
+                    tools=turn.tools)  # fmt: skip
+    return calibrated(estimate_input_tokens(await measure(bare, s.tokens)), ratio) > window
+
+
 async def compact_if_due(
     s: Services, send: Send, rid: RequestId, key: ApiKey | None, turn: Before
 ) -> tuple[ChatSession, list[HistoryItem], Assembled, int] | None:
@@ -152,6 +162,8 @@ async def compact_if_due(
     ratio = calibration_ratio(await s.store.chats.calibration(model))
     expected = calibrated(turn.estimate, ratio)
     reason = compaction_due(s.prices, model, config, expected, s.clock.now())
+    if reason is not None and await _hopeless(s, turn, ratio):
+        return None  # the new message alone is over the window: no summary would make room, so pay for none
     session, history, found = turn.session, turn.history, None
     for keep in (config.keep_turns, 0)[:AUTO_PASSES]:
         if reason is None or not cuts(history, keep):

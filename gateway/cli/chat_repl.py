@@ -180,8 +180,12 @@ class ChatRepl:
         )
         self.stream = stream
         printer = self.printer = TurnPrinter(self.out, self.err, self.o.show_thinking)
+        noted = 0
         try:
             async for event in stream.events():
+                for frame in stream.compactions[noted:]:  # the session was compacted before this reply
+                    self._note(view.compacted_line(frame))
+                noted = len(stream.compactions)
                 printer.event(event)
         except ConnectionClosedError:
             raise
@@ -222,6 +226,13 @@ class ChatRepl:
                     self._say("no session yet: send a message first")
                 else:
                     self._say(view.context_view(await self.gw.inspect(self.session_id, model=self.o.model)))
+            elif name == "/compact":
+                if self.session_id is None:
+                    self._say("no session yet: send a message first")
+                else:
+                    self._note("(compacting: the model is writing the summary...)")
+                    frame = await self.gw.compact(self.session_id, instructions=arg or None)
+                    self._say(view.compacted_line(frame))
             elif name == "/usage":
                 mine = await self.gw.usage(session_id=self.session_id) if self.session_id else None
                 self._say(view.usage_view(mine, await self.gw.usage()))

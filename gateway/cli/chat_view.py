@@ -17,6 +17,7 @@ HELP = """commands:
   /sessions     list sessions, newest first (* marks the current one)
   /switch ID    continue session ID (a unique prefix is enough)
   /context      what the next request would send: bytes, tokens and cost per section
+  /compact [TEXT]  summarise the session's older part (TEXT: what the summary must keep)
   /usage        tokens and cost of this session and of everything, per model
   /cancel       stop the reply that is streaming (Ctrl-C does the same)
   /help         this list
@@ -160,6 +161,16 @@ def context_view(frame: Frame) -> str:
     for problem in frame.get("problems") or []:
         lines.append(f"problem: {problem}")
     return "\n".join(lines)
+
+
+def compacted_line(frame: Frame) -> str:
+    """One `session.compacted` frame, in a line."""
+    cost = (frame.get("cost") or {}).get("totalCost")
+    when = "automatically, " if frame.get("trigger") == "auto" else ""
+    return (
+        f"(compacted {when}{frame.get('compactedMessages')} messages into a summary, {frame.get('keptMessages')} kept:"
+        f" next request {num(frame.get('tokensBefore'))} -> {num(frame.get('tokensAfter'))} tokens; {usd(cost)})"
+    )
 
 
 def usage_view(session_report: Frame | None, overall: Frame) -> str:

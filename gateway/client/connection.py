@@ -186,14 +186,15 @@ class GatewayClient(Queries):
             self._waiting.pop(stream.request_id, None)
             stream._feed(exc)
 
-    async def request(self, frame: Frame) -> Frame:
-        """Send any frame and wait for the one answer with its `id`; an `error` answer is raised."""
+    async def request(self, frame: Frame, wait_s: float | None = None) -> Frame:
+        """Send any frame and wait for the one answer with its `id` (at most `wait_s`, default `request_timeout`
+        seconds); an `error` answer is raised."""
         rid = self._next_id()
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future
         try:
             await self._write({**frame, "id": rid})
-            async with asyncio.timeout(self.request_timeout):
+            async with asyncio.timeout(wait_s or self.request_timeout):
                 answer = await future
         except TimeoutError:
             raise ConnectionClosedError(f"no answer to {frame.get('type')} in time", code="TIMEOUT") from None

@@ -58,7 +58,8 @@ class NotFoundError(GatewayClientError):
 
 
 class ConflictError(GatewayClientError):
-    """STREAM_IN_PROGRESS, NOTHING_TO_CANCEL, DUPLICATE_REQUEST: the state did not allow it right now."""
+    """STREAM_IN_PROGRESS, NOTHING_TO_CANCEL, DUPLICATE_REQUEST, NOTHING_TO_COMPACT: the state did not allow it right
+    now."""
 
 
 class RateLimitError(GatewayClientError):
@@ -70,7 +71,8 @@ class LimitError(GatewayClientError):
 
 
 class UpstreamError(GatewayClientError):
-    """MISSING_API_KEY, UPSTREAM_*, MODEL_NOT_FOUND, OVERLOADED: Anthropic could not be used or failed."""
+    """MISSING_API_KEY, UPSTREAM_*, MODEL_NOT_FOUND, OVERLOADED, COMPACTION_FAILED: Anthropic could not be used or
+    failed."""
 
 
 class CancelledError(GatewayClientError):
@@ -100,6 +102,7 @@ FAMILIES: dict[str, type[GatewayClientError]] = {
     "NOTHING_TO_CANCEL": ConflictError,
     "DUPLICATE_REQUEST": ConflictError,
     "APPROVAL_NOT_PENDING": ConflictError,
+    "NOTHING_TO_COMPACT": ConflictError,
     "RATE_LIMITED": RateLimitError,
     "CONTEXT_TOO_LARGE": LimitError,
     "BUDGET_EXCEEDED": LimitError,
@@ -111,6 +114,7 @@ FAMILIES: dict[str, type[GatewayClientError]] = {
     "UPSTREAM_ERROR": UpstreamError,
     "UPSTREAM_TIMEOUT": UpstreamError,
     "UPSTREAM_UNAVAILABLE": UpstreamError,
+    "COMPACTION_FAILED": UpstreamError,
     "CANCELLED": CancelledError,
     "DATABASE_UNAVAILABLE": ServerError,
     "INTERNAL_ERROR": ServerError,

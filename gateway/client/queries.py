@@ -11,15 +11,36 @@ from .types import Frame
 class Queries:
     """Mixed into GatewayClient, which provides `request`."""
 
-    async def request(self, frame: Frame) -> Frame:
+    async def request(self, frame: Frame, wait_s: float | None = None) -> Frame:
         raise NotImplementedError
 
     async def inspect(
-        self, session_id: str, content: str | None = None, model: str | None = None, exact: bool = False
+        self,
+        session_id: str,
+        content: str | None = None,
+        model: str | None = None,
+        exact: bool = False,
+        compact: bool = False,
     ) -> Frame:
+        """`compact`: also preview a compaction (the frame's `compaction`), changing nothing."""
         return await self.request(
-            _fields(type="context.inspect", sessionId=session_id, content=content, model=model, exact=exact or None)
+            _fields(
+                type="context.inspect",
+                sessionId=session_id,
+                content=content,
+                model=model,
+                exact=exact or None,
+                compact=compact or None,
+            )
         )
+
+    async def compact(
+        self, session_id: str, instructions: str | None = None, keep_turns: int | None = None, wait_s: float = 600.0
+    ) -> Frame:
+        """Summarise the session's older part (`session.compact`); the `session.compacted` frame. The model writes the
+        summary first, which can take a minute on a long session: hence the longer wait."""
+        frame = _fields(type="session.compact", sessionId=session_id, instructions=instructions, keepTurns=keep_turns)
+        return await self.request(frame, wait_s)
 
     async def usage(
         self,

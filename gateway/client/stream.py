@@ -58,6 +58,7 @@ class ChatStream:
         self.tool_results: list[ToolResult] = []
         self.steps: list[StepEnd] = []
         self._queue: asyncio.Queue[Event | Frame | GatewayClientError] = asyncio.Queue()
+        self.compactions: list[Frame] = []  # `session.compacted`: the session was compacted before the reply
         self._started_event = asyncio.Event()  # the gateway named the session, or the stream is over
         self._sent = False
         self._done = False
@@ -85,6 +86,8 @@ class ChatStream:
             self.session_id = item["sessionId"]
         if isinstance(item.get("messageId"), str):
             self.message_id = item["messageId"]
+        if kind == "session.compacted":
+            self.compactions.append(item)
         if kind in ("chat.stream.start", *TERMINAL):
             self._started_event.set()
         if kind in TERMINAL:

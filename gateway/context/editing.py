@@ -83,7 +83,7 @@ def plan_edits(visible: Sequence[Stored], config: ContextConfig, *, pending: boo
                 tool_uses += [b["id"] for b in message.content if b.get("type") == "tool_use" and "id" in b]
     thinking: list[str] = []
     if config.clear_thinking:
-        running = 0 if pending else _loop_start(visible)
+        running = len(visible) if pending else _loop_start(visible)
         thinking = [
             m.id
             for m in visible[:running]

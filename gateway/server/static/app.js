@@ -221,6 +221,28 @@ $("#inspect-refresh").addEventListener("click", () => loadInspection());
 $("#inspect-exact").addEventListener("click", () => loadInspection(true));
 $("#include-draft").addEventListener("change", () => loadInspection());
 
+async function compactSession() {
+  if (!state.sessionId) return;
+  try {
+    const preview = (await gw.request({ type: "context.inspect", sessionId: state.sessionId, compact: true })).compaction;
+    if (!preview.possible) return alert(preview.why);
+    const cost = preview.request.inputCostEstimate;
+    if (!confirm(`Summarise ${preview.compactedMessages} older messages (${preview.keptMessages} kept)? ` +
+      `The summary request reads about ${preview.request.tokenEstimate} tokens` +
+      (cost === null ? "." : ` (about $${cost.toFixed(4)} before caching).`))) return;
+    // The model writes the summary first: on a long session that can take minutes.
+    const done = await gw.request({ type: "session.compact", sessionId: state.sessionId }, 600000);
+    alert(`Compacted ${done.compactedMessages} messages: the next request goes from about ${done.tokensBefore} to ` +
+      `${done.tokensAfter} tokens. Cost: $${(done.cost.totalCost ?? 0).toFixed(6)}.`);
+  } catch (error) {
+    return alert(`${error.code}: ${error.message}`);
+  }
+  await openSession(state.sessionId);
+  await loadInspection();
+}
+
+$("#inspect-compact").addEventListener("click", compactSession);
+
 async function loadUsage() {
   const days = Number($("#usage-range").value) || null;
   const request = { type: "usage.query", groupBy: "day" };

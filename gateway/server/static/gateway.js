@@ -55,13 +55,13 @@ export class Gateway extends EventTarget {
     this._failAll(new GatewayError({ code: "CONNECTION_CLOSED", message: "connection closed", retryable: true }));
   }
 
-  request(frame) {
+  request(frame, timeoutMs = REQUEST_TIMEOUT_MS) {
     const id = this.idPrefix + this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiting.delete(id);
         reject(new GatewayError({ code: "TIMEOUT", message: `no answer to ${frame.type}`, retryable: true }));
-      }, REQUEST_TIMEOUT_MS);
+      }, timeoutMs);
       this.waiting.set(id, {
         resolve: (answer) => { clearTimeout(timer); resolve(answer); },
         reject: (error) => { clearTimeout(timer); reject(error); },

@@ -29,12 +29,22 @@ export function renderHistory(container, page, decide) {
       for (const block of m.content) showResult(turns.get(block.tool_use_id), block, rows.get(block.tool_use_id));
       continue;
     }
+    if (m.kind === "summary") {
+      // A compaction's summary: sent in place of the messages before it, which stay shown, dimmed.
+      const summary = new TurnView(container);
+      summary.node.classList.add("summary");
+      drawReply(summary, m, rows, turns);
+      turn = null;
+      continue;
+    }
     if (m.role === "user") {
-      userBubble(container, m.text);
+      const node = userBubble(container, m.text);
+      if (m.compacted) node.classList.add("compacted");
       turn = null;
       continue;
     }
     turn = turn || new TurnView(container);
+    if (m.compacted) turn.node.classList.add("compacted");
     drawReply(turn, m, rows, turns);
   }
   for (const request of page.pending || []) {

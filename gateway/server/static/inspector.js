@@ -5,7 +5,8 @@
 import { el, num, pct, usd } from "./format.js";
 
 const COLORS = {
-  system_prompt: "#5b6ee1", memory: "#2fa37a", skills: "#d4912a", tools: "#b0529b", history: "#3aa0c8",
+  system_prompt: "#5b6ee1", memory: "#2fa37a", skills: "#d4912a", tools: "#b0529b", summary: "#7a7f8c",
+  history: "#3aa0c8",
 };
 const FALLBACK = ["#8a6fd1", "#c75a5a", "#6b8e23", "#708090"];
 const MAX_SHOWN_CHARS = 20000;
@@ -131,6 +132,17 @@ function notes(frame) {
       : `Exact count from Anthropic: ${num(frame.exactInputTokens)} input tokens.`);
   }
   if (!frame.priced) items.push("This model has no known price: costs are not estimated.");
+  const summary = (frame.sections || []).find((s) => s.name === "summary");
+  if (summary && summary.messageId) {
+    items.push(`Compacted: ${num(summary.compactedMessages)} older messages are stored but no longer sent; ` +
+      "the summary is sent in their place.");
+  }
+  const editing = frame.contextEditing;
+  if (editing && (editing.clearedToolResults || editing.clearedThinking)) {
+    items.push(`Context editing left out ${num(editing.clearedToolResults)} old tool results and the thinking of ` +
+      `${num(editing.clearedThinking)} old replies: ${num(editing.savedTokens)} tokens (${usd(editing.savedCost)}) ` +
+      "saved on this request.");
+  }
   for (const problem of frame.problems || []) items.push("Problem: " + problem);
   return el("ul", { class: "notes" }, items.map((t) => el("li", {}, t)));
 }
