@@ -177,6 +177,21 @@ async def test_every_http_endpoint_answers_only_to_loopback_names_without_a_toke
     assert answered.status == 200  # with a token, the token decides (and /healthz needs none)
 
 
+async def test_an_sdk_app_refused_by_the_host_rule_reads_an_anthropic_error(
+    gateway_factory: Factory, settings: Settings
+) -> None:
+    """An Anthropic SDK app pointed at a rebound name gets the refusal in the API's error shape, so the SDK raises
+    PermissionDeniedError with the reason instead of failing to parse a plain-text body."""
+    gateway = await gateway_factory(settings)
+    port = _port(gateway)
+    refused = await gateway.client.post("/v1/messages", json={}, headers={"Host": f"evil.example:{port}"})
+    assert refused.status == 403
+    body = await refused.json()
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "permission_error"
+    assert "loopback" in body["error"]["message"]
+
+
 async def test_a_client_that_waits_for_its_answers_is_never_limited(
     gateway_factory: Factory, settings: Settings
 ) -> None:

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.server.api_errors import error_response
+
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -31,7 +33,11 @@ def loopback_host_only(credentials_required: Callable[[], Awaitable[bool]]) -> M
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not is_loopback_name(request.host) and not await credentials_required():
             log.warning("refused a request for host %r: not a loopback name, and no credential is set", request.host)
-            raise web.HTTPForbidden(text="host not allowed: without a token the gateway answers only to loopback names")
+            why = "host not allowed: without a token the gateway answers only to loopback names"
+            if request.path.startswith("/v1/"):
+                # An SDK app reads Anthropic's error shape; plain text would surface as an unparseable body.
+                return error_response(403, "permission_error", why)
+            raise web.HTTPForbidden(text=why)
         return await handler(request)
 
     return middleware
