@@ -87,6 +87,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         if services is not None:
             await services.held.close()  # one last try for replies held through an outage, while the store is open
             await services.tools.close()  # MCP servers: stdio processes end, HTTP sessions are closed
+            await services.budgets.close()  # the lease renewer; rows still held end with their lease
         if upstream is not None:
             await upstream.close()
         if locks is not None:

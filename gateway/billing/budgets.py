@@ -6,28 +6,35 @@ flight may yet cost;
 if that passes a cap, the send is refused with BUDGET_EXCEEDED. Otherwise the worst case is reserved until the
 request's usage row is written, so concurrent sends cannot each squeeze under the same cap.
 
-Spend so far comes from SQL, so it is shared by every process on one database; reservations live in this process.
+Spend so far and the reservations are both in SQL (store/reservations.py), checked and written in one transaction
+under a lock per holder, so every process on one database sees every request in flight and together they cannot pass
+a cap. A reservation is a leased row: its process renews the lease while it lives; a dead process's rows stop
+counting when theirs runs out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import logging
+import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, Protocol
 
 from gateway import errors
-from gateway.protocol import iso
-from gateway.store import Store
+from gateway.store import Held, Store
 from gateway.store.models import ApiKey
 
-from .accounting import nano_to_usd
 from .budget_config import Budget
+from .caps import CapStatus, Holder, check, key_budget, period_bounds, worst_case
 from .prices import PriceBook
+
+log = logging.getLogger(__name__)
+
+# How long a reservation counts after its process last renewed it (a process that died stops renewing), and how
+# often a live process renews: a dead process's in-flight requests stop holding budget within the lease.
+RESERVATION_LEASE_S = 60.0
+RESERVATION_RENEW_S = 20.0
 
 
 class BudgetedAgent(Protocol):
@@ -52,110 +59,45 @@ class AgentDirectory(Protocol):
     def load(self, agent_id: str) -> BudgetedAgent: ...
 
 
-def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
-    """The UTC day or calendar month holding `now`: [start, end)."""
-    now = now.astimezone(UTC)
-    if period == "day":
-        start = datetime(now.year, now.month, now.day, tzinfo=UTC)
-        return start, start + timedelta(days=1)
-    start = datetime(now.year, now.month, 1, tzinfo=UTC)
-    end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
-    return start, end
-
-
-def worst_case(
-    prices: PriceBook, model: str, cache_mode: str, prompt_tokens: int, max_tokens: int, at: datetime
-) -> int | None:
-    """The most this request could cost, nano-USD; None when the model has no known price."""
-    found = prices.rates(model, at, prompt_tokens)
-    if found is None:
-        return None
-    rates, _tier = found
-    # With caching on, any prompt token may be billed as a cache write, which costs more than plain input.
-    write = {"5m": rates.cache_write_5m, "1h": rates.cache_write_1h}.get(cache_mode, 0)
-    return prompt_tokens * max(rates.input, write) + max_tokens * rates.output
-
-
 class Reservation:
-    """One send's worst case, held against each of its holders' caps until its usage is recorded. Release is
-    idempotent."""
+    """One send's worst case, held in SQL against each of its holders' caps until its usage is recorded. `ids`: its
+    rows (one per holder), for the request's usage row to name. Release is idempotent and never raises: a row it
+    could not delete (the database down) stops counting when its lease runs out."""
 
-    def __init__(self, guard: BudgetGuard, holds: tuple[tuple[str, int], ...]) -> None:
+    def __init__(self, guard: BudgetGuard, holds: tuple[tuple[str, int], ...], ids: tuple[str, ...] = ()) -> None:
         self._guard = guard
         self.holds = holds
+        self.ids = ids
         self._released = False
 
     @property
     def amount(self) -> int:
         return self.holds[0][1] if self.holds else 0
 
-    def release(self) -> None:
+    async def release(self) -> None:
         if not self._released:
             self._released = True
-            for ref, amount in self.holds:
-                self._guard._release(ref, amount)
-
-
-@dataclass(frozen=True, slots=True)
-class Holder:
-    """Whose caps a request counts against: its agent (agent.toml `[budget]`) or its gateway key (api_keys)."""
-
-    ref: str  # "agent:<id>" or "key:<id>": where reservations and locks are kept
-    label: str  # for messages: "agent writer", "key ci-bot"
-    budget: Budget
-    ids: tuple[tuple[str, Any], ...]  # what error frames and reports name it by: agentId or keyName
-    spent_since: Callable[[datetime], Awaitable[int]]
-
-
-def key_budget(key: ApiKey) -> Budget | None:
-    caps = tuple(
-        (period, cap) for period, cap in (("day", key.daily_cap), ("month", key.monthly_cap)) if cap is not None
-    )
-    return Budget(caps) if caps else None
-
-
-@dataclass(frozen=True, slots=True)
-class CapStatus:
-    holder: Holder
-    period: str
-    start: datetime
-    end: datetime
-    cap: int
-    spent: int
-    in_flight: int
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            **dict(self.holder.ids),
-            "period": self.period,
-            "periodStart": iso(self.start),
-            "resetsAt": iso(self.end),
-            "capUsd": nano_to_usd(self.cap),
-            "spentUsd": nano_to_usd(self.spent),
-            "inFlightUsd": nano_to_usd(self.in_flight),
-            "remainingUsd": nano_to_usd(max(0, self.cap - self.spent - self.in_flight)),
-            "capNanoUsd": self.cap,
-            "spentNanoUsd": self.spent,
-        }
+            await self._guard._release(self)
 
 
 class BudgetGuard:
+    """Checks and holds budgets. Reservations are rows in SQL (store/reservations.py), so processes sharing one
+    database cannot together pass a cap; this process renews the lease on its own rows while they are held."""
+
     def __init__(self, store: Store, prices: PriceBook) -> None:
         self._store = store
         self._prices = prices
         self._clock = store.clock  # the day and month a send falls in are the store's, as its usage rows' are
-        self._reserved: dict[str, int] = {}
-        # Bumped on every release: a spend read that overlapped a release may have missed that request's row.
-        self._settled: dict[str, int] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.owner = str(uuid.uuid4())  # this process, in the rows it holds
+        self._live: set[str] = set()  # ids of this process's rows not yet released
+        self._renewing: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[None]] = set()
 
     def _agent(self, agent_id: str, budget: Budget) -> Holder:
-        spent = functools.partial(self._store.usage.spent_since, agent_id)
-        return Holder(f"agent:{agent_id}", f"agent {agent_id}", budget, (("agentId", agent_id),), spent)
+        return Holder(f"agent:{agent_id}", f"agent {agent_id}", budget, (("agentId", agent_id),), "agent", agent_id)
 
     def _key(self, key: ApiKey, budget: Budget) -> Holder:
-        spent = functools.partial(self._store.keys.spent_since, key.id)
-        return Holder(f"key:{key.id}", f"key {key.name}", budget, (("keyName", key.name),), spent)
+        return Holder(f"key:{key.id}", f"key {key.name}", budget, (("keyName", key.name),), "key", key.id)
 
     async def reserve(
         self,
@@ -192,36 +134,35 @@ class BudgetGuard:
                 **dict(holders[0].ids),
                 model=model,
             )
-        async with contextlib.AsyncExitStack() as locks:
-            for holder in sorted(holders, key=lambda h: h.ref):  # one order everywhere: no deadlock
-                await locks.enter_async_context(self._locks.setdefault(holder.ref, asyncio.Lock()))
-            for holder in holders:
-                await self._check(holder, worst, now)
-            for holder in holders:
-                self._reserved[holder.ref] = self._reserved.get(holder.ref, 0) + worst
-        return Reservation(self, tuple((holder.ref, worst) for holder in holders))
+        by_ref = {holder.ref: holder for holder in holders}
 
-    async def _check(self, holder: Holder, worst: int, now: datetime) -> None:
-        spent = await self._spent(holder, now)
-        in_flight = self._reserved.get(holder.ref, 0)
-        for period, cap in holder.budget.caps:
-            if spent[period] + in_flight + worst > cap:
-                end = period_bounds(period, now)[1]
-                raise errors.BudgetExceeded(
-                    f"{holder.label}'s {_PERIOD_WORD[period]} budget of ${_dollars(cap)} would be passed:"
-                    f" ${_dollars(spent[period])} spent, ${_dollars(in_flight)} in flight, and this request"
-                    f" could cost up to ${_dollars(worst)}",
-                    **dict(holder.ids),
-                    period=period,
-                    capUsd=nano_to_usd(cap),
-                    spentUsd=nano_to_usd(spent[period]),
-                    inFlightUsd=nano_to_usd(in_flight),
-                    requestWorstCaseUsd=nano_to_usd(worst),
-                    resetsAt=iso(end),
-                )
+        def judge(found: list[Held]) -> None:
+            for held in found:
+                check(by_ref[held.ref], held, worst, now)
+
+        wall = datetime.now(UTC)  # leases are about processes being alive: the real clock, not the billing one
+        writing = asyncio.ensure_future(
+            self._store.reservations.reserve(
+                [holder.spend(now) for holder in holders],
+                worst,
+                owner=self.owner,
+                now=wall,
+                expires_at=wall + timedelta(seconds=RESERVATION_LEASE_S),
+                judge=judge,
+            )
+        )
+        try:
+            ids = await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            writing.add_done_callback(self._unwanted)  # cancelled as it was written: nobody will release it
+            raise
+        self._live.update(ids)
+        self._keep_renewing()
+        return Reservation(self, tuple((holder.ref, worst) for holder in holders), tuple(ids))
 
     async def status(self, workspaces: AgentDirectory, agent_id: str | None = None) -> list[dict[str, Any]]:
-        """Every cap (of one agent, or of every agent and key) with its spend this period, for reports."""
+        """Every cap (of one agent, or of every agent and key) with its spend this period and what every process
+        holds in flight, for reports."""
         now = self._clock.now()
         holders: list[Holder] = []
         out: list[dict[str, Any]] = []
@@ -239,24 +180,11 @@ class BudgetGuard:
                 self._key(key, budget) for key in await self._store.keys.capped() if (budget := key_budget(key))
             ]
         for holder in holders:
-            spent = await self._spent(holder, now, settle=False)
-            in_flight = self._reserved.get(holder.ref, 0)
-            for period, cap in holder.budget.caps:
+            held = await self._store.reservations.held(holder.spend(now), datetime.now(UTC))
+            for (period, cap), spent in zip(holder.budget.caps, held.spent, strict=True):
                 start, end = period_bounds(period, now)
-                out.append(CapStatus(holder, period, start, end, cap, spent[period], in_flight).fields())
+                out.append(CapStatus(holder, period, start, end, cap, spent, held.in_flight).fields())
         return out
-
-    async def _spent(self, holder: Holder, now: datetime, *, settle: bool = True) -> dict[str, int]:
-        while True:
-            settled = self._settled.get(holder.ref, 0)
-            spent = {
-                period: await holder.spent_since(period_bounds(period, now)[0]) for period, _cap in holder.budget.caps
-            }
-            # A request that settled while we read may be missing from the sums and already gone from the
-            # reservations; read again rather than undercount. The caller holds the holder's lock, so no new
-            # reservation can start meanwhile and this ends. Reports (settle=False) show one consistent-enough read.
-            if not settle or self._settled.get(holder.ref, 0) == settled:
-                return spent
 
     async def _prompt_tokens(self, model: str, estimate: int) -> int:
         """The local estimate, scaled up by what Anthropic has reported for this model if it counts more."""
@@ -265,18 +193,46 @@ class BudgetGuard:
             return estimate
         return max(estimate, -(-estimate * row.reported_tokens // row.estimated_tokens))
 
-    def _release(self, ref: str, amount: int) -> None:
-        left = self._reserved.get(ref, 0) - amount
-        if left > 0:
-            self._reserved[ref] = left
-        else:
-            self._reserved.pop(ref, None)
-        self._settled[ref] = self._settled.get(ref, 0) + 1
+    async def _release(self, reservation: Reservation) -> None:
+        self._live.difference_update(reservation.ids)
+        deleting = asyncio.ensure_future(self._store.reservations.release(reservation.ids))
+        try:
+            # Shielded: a cancel of the turn must not leave its row to the lease.
+            await asyncio.shield(deleting)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database is down: the lease runs out instead
+            log.warning("could not release budget reservation %s (%s); its lease will end it", reservation.ids, exc)
+
+    def _unwanted(self, writing: asyncio.Future[list[str]]) -> None:
+        if not writing.cancelled() and writing.exception() is None:
+            task = asyncio.ensure_future(self._store.reservations.release(writing.result()))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _keep_renewing(self) -> None:
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.create_task(self._renew(), name="budget-leases")
+
+    async def _renew(self) -> None:
+        """While this process holds reservations, push their lease forward; ends when it holds none."""
+        while self._live:
+            await asyncio.sleep(RESERVATION_RENEW_S)
+            if not self._live:
+                return
+            try:
+                await self._store.reservations.renew(
+                    self.owner, datetime.now(UTC) + timedelta(seconds=RESERVATION_LEASE_S)
+                )
+            except Exception as exc:
+                log.warning("could not renew budget reservations (%s); retrying", exc)
+
+    async def close(self) -> None:
+        task, self._renewing = self._renewing, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
-_PERIOD_WORD = {"day": "daily", "month": "monthly"}
-
-
-def _dollars(nano: int) -> str:
-    """Exact and short for messages: 5000000000 -> "5", 82100000 -> "0.0821"."""
-    return format(Decimal(nano).scaleb(-9).normalize(), "f")
+__all__ = ["AgentDirectory", "BudgetGuard", "BudgetedAgent", "Reservation", "key_budget", "period_bounds", "worst_case"]

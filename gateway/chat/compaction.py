@@ -115,7 +115,7 @@ async def summarise(
         return await _summarise(s, session, plan, rid, key)
     finally:
         if budget is not None:
-            budget.release()  # after the usage row: it counts instead now
+            await budget.release()  # after the usage row: it counts instead now
 
 
 async def _summarise(s: Services, session: ChatSession, plan: Plan, rid: RequestId, key: ApiKey | None) -> Summarised:

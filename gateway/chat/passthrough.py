@@ -260,7 +260,7 @@ class Passthrough:
     async def release(self) -> None:
         budget, self._budget = self._budget, None
         if budget is not None:
-            budget.release()
+            await budget.release()
         await self.release_lease()
 
 

@@ -187,7 +187,7 @@ class ToolLoop:
         if final:
             assembled = dataclasses.replace(assembled, params={**assembled.params, "tool_choice": {"type": "none"}})
         estimate = estimate_input_tokens(await measure(assembled, self.s.tokens))
-        turn.release_budget()  # the step's usage row counts instead now
+        await turn.release_budget()  # the step's usage row counts instead now
         try:
             await turn.check_window(assembled.model, estimate)
             await turn.reserve_budget(ctx.workspace, assembled.model, estimate, ctx.max_tokens)

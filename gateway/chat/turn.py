@@ -88,15 +88,15 @@ class Turn:
         await self.send(frame)
 
     async def _release(self) -> None:
-        self.release_budget()  # after settle(): the usage row now counts instead
+        await self.release_budget()  # after settle(): the usage row now counts instead
         lease, self._lease = self._lease, None
         if lease is not None:
             await lease.release()
 
-    def release_budget(self) -> None:
+    async def release_budget(self) -> None:
         budget, self._budget = self._budget, None
         if budget is not None:
-            budget.release()
+            await budget.release()
 
     async def reserve_budget(self, workspace: Workspace, model: str, estimate: int, max_tokens: int) -> None:
         """Hold the next request's worst case against the agent's caps and the key's (BUDGET_EXCEEDED when it could
@@ -135,7 +135,7 @@ class Turn:
             begun = await self._begin(key, from_snapshot=True)
         except StaleSnapshot:
             # Another process wrote to the session since this one last did; begin_turn wrote nothing.
-            self.release_budget()
+            await self.release_budget()
             begun = await self._begin(key, from_snapshot=False)
         if begun is not None:
             await self._stream(*begun)

@@ -98,7 +98,7 @@ async def _report(
                 raise ValueError(f"no gateway key is named {key_name!r} (see agentspace token list)")
             filters = dataclasses.replace(filters, key_id=key.id)
         prices = PriceBook.load(settings.prices_path)
-        # A fresh guard: this process has nothing in flight, so budgets show spend recorded in the database.
+        # In flight: what every gateway process on this database holds right now (reservations are rows).
         budgets = BudgetGuard(store, prices)
         return await usage_report(
             store, filters, group_by, budgets=budgets, workspaces=WorkspaceLoader(settings.agents_dir)

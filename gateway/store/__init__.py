@@ -13,6 +13,7 @@ from .chats import ChatStore, TurnRows
 from .compactions import Compacted, CompactionConflict, CompactionStore
 from .history import HistoryItem
 from .keys import KeyStore, KeyUsage
+from .reservations import Held, HolderSpend, ReservationStore
 from .sessions import HistoryPage, SessionPage, SessionStore
 from .tool_calls import StepSaved, ToolCallStore
 from .transcripts import NewMessage, TailMoved, TranscriptStore
@@ -30,6 +31,7 @@ class Store:
         self.tools = ToolCallStore(database, clock, self.chats.calibrations)
         self.transcripts = TranscriptStore(database, clock)
         self.compactions = CompactionStore(database, self.chats, clock)
+        self.reservations = ReservationStore(database)
 
 
 __all__ = [
@@ -38,11 +40,14 @@ __all__ = [
     "CompactionConflict",
     "CompactionStore",
     "Database",
+    "Held",
     "HistoryItem",
     "HistoryPage",
+    "HolderSpend",
     "KeyStore",
     "KeyUsage",
     "NewMessage",
+    "ReservationStore",
     "SessionPage",
     "SessionStore",
     "StepSaved",

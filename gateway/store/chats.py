@@ -20,7 +20,7 @@ from .history import HistoryItem, HistoryLoader, HistoryRead, version_at
 from .models import ChatSession, Message, TokenCalibration, UsageRecord
 from .snapshots import Snapshot, Snapshots, StaleSnapshot
 from .tool_calls import interrupt_open_calls
-from .upserts import add_calibration, insert_usage_once
+from .upserts import add_calibration, save_usage
 
 TITLE_CHARS = 80
 MAX_TURN_MESSAGES = 1000  # a turn's replies and tool results, read back for a resent send (bounded by max_requests)
@@ -237,7 +237,7 @@ class ChatStore:
             conn.execute(sql.TOUCH_SESSION, {"session_id": session_id, "now": now})
             # A retry after a commit whose answer was lost finds its usage row there: count neither it nor the
             # calibration sample twice.
-            first_time = usage is None or insert_usage_once(conn, usage)
+            first_time = usage is None or save_usage(conn, usage)
             if calibration is not None and first_time:
                 add_calibration(conn, *calibration, now=now)
                 return True

@@ -18,7 +18,7 @@ from . import chat_sql as sql
 from .base import Database
 from .chats import ChatStore
 from .models import Message, UsageRecord
-from .upserts import add_calibration, insert_usage_once
+from .upserts import add_calibration, save_usage
 
 M = sql.MESSAGES
 _LAST_SEQ = select(func.max(M.c.seq)).where(M.c.session_id == bindparam("session_id"))
@@ -101,7 +101,7 @@ class CompactionStore:
                     sessionId=session_id,
                 )
             conn.execute(_BUMP, {"session_id": session_id, "now": now})
-            if usage is not None and insert_usage_once(conn, usage) and calibration is not None:
+            if usage is not None and save_usage(conn, usage) and calibration is not None:
                 add_calibration(conn, *calibration, now=now)
             through = conn.execute(_THROUGH, {"summary_id": summary["id"]}).scalar()
             return Message(**row), marked, int(through or 0)

@@ -169,6 +169,27 @@ class UsageRecord(Base):
     )
 
 
+class BudgetReservation(Base):
+    """A request in flight, held against one holder's caps (docs/BUDGETS.md) until its usage row counts instead.
+    In SQL so every process sharing the database sees it; `expires_at` is a lease its process renews while alive."""
+
+    __tablename__ = "budget_reservations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(120))  # "agent:<id>" or "key:<id>"
+    amount: Mapped[int] = mapped_column(BigInteger)  # the request's worst case, nano-USD
+    owner: Mapped[str] = mapped_column(String(36))  # the gateway process holding it (a random id per process)
+    # The request's usage row once it has one: the part of the worst case that row already counts is not held twice.
+    usage_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+    __table_args__ = (
+        Index("ix_budget_reservations_holder_expires", "holder", "expires_at"),
+        Index("ix_budget_reservations_owner", "owner"),
+    )
+
+
 class ApiKey(Base):
     """A named gateway key (`agentspace token create --name`). Only its SHA-256 is kept; revoked keys stay, so usage
     rows keep naming them."""

@@ -24,7 +24,7 @@ from .base import Database
 from .calibration import Calibrations
 from .history import HistoryItem, version_at
 from .models import Message, ToolCall, UsageRecord
-from .upserts import add_calibration, insert_usage_once
+from .upserts import add_calibration, save_usage
 
 CALLS = cast(Table, ToolCall.__table__)
 OPEN = ("pending", "approved", "running")
@@ -105,7 +105,7 @@ class ToolCallStore:
 
         def work(conn: Connection) -> bool:
             conn.execute(sql.FINISH_MESSAGE, {**reply, "now": now})
-            counted = (usage is None or insert_usage_once(conn, usage)) and calibration is not None
+            counted = (usage is None or save_usage(conn, usage)) and calibration is not None
             if counted and calibration is not None:
                 add_calibration(conn, *calibration, now=now)
             for message in messages:

@@ -21,7 +21,7 @@ from . import chat_sql as sql
 from .base import Database
 from .chats import TurnRows, make_title, new_id
 from .models import ChatSession, Message, UsageRecord
-from .upserts import insert_usage_once
+from .upserts import save_usage
 
 # Bind parameters per lookup statement: SQLite allows 32766 (999 before 3.32); a long conversation takes a few.
 LOOKUP_CHUNK = 500
@@ -188,7 +188,7 @@ class TranscriptStore:
             conn.execute(sql.FINISH_MESSAGE, reply)
             conn.execute(_SETTLE, {"session_id": session_id, "now": now, "tail": tail})
             if usage is not None:
-                insert_usage_once(conn, usage)
+                save_usage(conn, usage)
 
         await self._db.run(work, write=True)
         self._remember(session_id, tail)

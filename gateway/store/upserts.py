@@ -11,7 +11,7 @@ import functools
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -51,6 +51,21 @@ def _calibration(dialect: str) -> Any:
     )
 
 
+@functools.cache
+def _finish_provisional(columns: tuple[str, ...]) -> Any:
+    return (
+        update(_U)
+        .where(_U.c.id == bindparam("row_id"), _U.c.status == PROVISIONAL)
+        .values({name: bindparam(name) for name in columns})
+    )
+
+
+# A usage row's status while its request is still streaming: written at the request's first upstream event and
+# updated at each checkpoint, it counts what is known so far; the request's end (or start-up recovery, after a crash)
+# makes it final. Updated in place, so the usage_daily triggers move its sums rather than add them twice.
+PROVISIONAL = "streaming"
+
+
 def insert_usage_once(conn: Connection, record: UsageRecord) -> bool:
     """Insert the row unless its id is already there; False when it was. A save retried after a commit whose answer
     was lost (the connection dropped) must not count the same request twice."""
@@ -58,6 +73,23 @@ def insert_usage_once(conn: Connection, record: UsageRecord) -> bool:
     values = {c.key: v for c in _U.c if (v := getattr(record, c.key)) is not None}
     result = conn.execute(_usage_once(conn.dialect.name), values)
     return bool(result.rowcount)
+
+
+def save_usage(conn: Connection, record: UsageRecord) -> bool:
+    """The final row of a request: its provisional row (same id) made final, or inserted when there was none. False
+    when the row was final already (a retried save), so nothing is counted twice."""
+    values = {c.key: v for c in _U.c if c.key != "id" and (v := getattr(record, c.key)) is not None}
+    result = conn.execute(_finish_provisional(tuple(values)), {"row_id": record.id, **values})
+    if result.rowcount:
+        return True
+    return insert_usage_once(conn, record)
+
+
+def update_provisional(conn: Connection, record: UsageRecord) -> None:
+    """A checkpoint of a request still streaming: what is known so far, never over a row already final."""
+    values = {c.key: v for c in _U.c if c.key != "id" and (v := getattr(record, c.key)) is not None}
+    values["status"] = PROVISIONAL
+    conn.execute(_finish_provisional(tuple(values)), {"row_id": record.id, **values})
 
 
 def add_calibration(conn: Connection, model: str, estimated: int, reported: int, *, now: datetime) -> None:

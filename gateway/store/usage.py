@@ -6,16 +6,19 @@ partial days at a window's edges from `usage_records` itself, so a report over m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Date, and_, case, cast, func, or_, select, union_all
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
 from .base import Database
 from .models import UsageDaily, UsageRecord
-from .upserts import insert_usage_once
+from .reservations import attach_usage
+from .upserts import insert_usage_once, save_usage
 
 U = UsageRecord
 D = UsageDaily
@@ -220,4 +223,15 @@ class UsageStore:
         return sum(t.total_cost for t in per_model.values())
 
     async def insert(self, record: UsageRecord) -> None:
-        await self._db.run(lambda conn: insert_usage_once(conn, record), write=True)
+        """A request's final row (its provisional row, if it has one, made final)."""
+        await self._db.run(lambda conn: save_usage(conn, record), write=True)
+
+    async def begin(self, record: UsageRecord, reservation_ids: Sequence[str] = ()) -> None:
+        """A request's provisional row, at its first upstream event (a no-op if its final row is there already), and
+        its budget reservations told that this row now counts part of their worst case."""
+
+        def work(conn: Connection) -> None:
+            insert_usage_once(conn, record)
+            attach_usage(conn, reservation_ids, record.id)
+
+        await self._db.run(work, write=True)
