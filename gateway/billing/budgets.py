@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from gateway import errors
+from gateway.clock import SYSTEM_CLOCK
 from gateway.store import Held, Store
 from gateway.store.models import ApiKey
 
@@ -140,7 +141,7 @@ class BudgetGuard:
             for held in found:
                 check(by_ref[held.ref], held, worst, now)
 
-        wall = datetime.now(UTC)  # leases are about processes being alive: the real clock, not the billing one
+        wall = SYSTEM_CLOCK.now()  # leases are about processes being alive: the machine's clock, never a test's
         writing = asyncio.ensure_future(
             self._store.reservations.reserve(
                 [holder.spend(now) for holder in holders],
@@ -180,7 +181,7 @@ class BudgetGuard:
                 self._key(key, budget) for key in await self._store.keys.capped() if (budget := key_budget(key))
             ]
         for holder in holders:
-            held = await self._store.reservations.held(holder.spend(now), datetime.now(UTC))
+            held = await self._store.reservations.held(holder.spend(now), SYSTEM_CLOCK.now())
             for (period, cap), spent in zip(holder.budget.caps, held.spent, strict=True):
                 start, end = period_bounds(period, now)
                 out.append(CapStatus(holder, period, start, end, cap, spent, held.in_flight).fields())
@@ -222,7 +223,7 @@ class BudgetGuard:
                 return
             try:
                 await self._store.reservations.renew(
-                    self.owner, datetime.now(UTC) + timedelta(seconds=RESERVATION_LEASE_S)
+                    self.owner, SYSTEM_CLOCK.now() + timedelta(seconds=RESERVATION_LEASE_S)
                 )
             except Exception as exc:
                 log.warning("could not renew budget reservations (%s); retrying", exc)
