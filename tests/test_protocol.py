@@ -38,6 +38,16 @@ def refusal(text: str) -> tuple[str, str, str | None]:
             "sendId",
         ),
         (
+            '{"type":"chat.send","content":"hi","tools":{"name":"x"}}',
+            "chat.send: field 'tools' must be a list",
+            "tools",
+        ),
+        (
+            '{"type":"chat.tool.result","toolUseId":"t","content":7}',
+            "chat.tool.result: field 'content' must be a string or a list",
+            "content",
+        ),
+        (
             '{"type":"context.inspect","sessionId":"s","exact":"yes"}',
             "context.inspect: field 'exact' must be a boolean",
             "exact",
@@ -96,6 +106,7 @@ def new_york() -> Iterator[None]:
     ("text", "moment"),
     [
         ("2026-11-01", datetime(2026, 11, 1, tzinfo=UTC)),  # a date alone is its midnight UTC
+        ("2026-11-01Z", datetime(2026, 11, 1, tzinfo=UTC)),  # so is a date marked UTC
         ("2026-11-01T10:00:00", datetime(2026, 11, 1, 10, tzinfo=UTC)),
         ("2026-11-01T10:00:00Z", datetime(2026, 11, 1, 10, tzinfo=UTC)),
         ("2026-11-01T10:00:00+02:00", datetime(2026, 11, 1, 8, tzinfo=UTC)),
