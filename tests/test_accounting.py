@@ -74,6 +74,16 @@ def test_negative_counts_refused() -> None:
             },
             TokenUsage(10, 5, 100, 200, 40),
         ),
+        # A write total above its TTL breakdown: the rest is billed at the 5-minute rate, not dropped.
+        (
+            {
+                "input_tokens": 10,
+                "output_tokens": 5,
+                "cache_creation_input_tokens": 300,
+                "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 150},
+            },
+            TokenUsage(10, 5, 150, 150, 0),
+        ),
         # None fields (the SDK's Optional[int]) are zeros.
         (
             {

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.billing.budgets import BudgetGuard
 from gateway.chat import turn as turn_module
+from gateway.errors import DatabaseUnavailable
 from gateway.server.handlers import CONNECTIONS, SERVICES
 from gateway.store.base import Database
 from gateway.store.chats import ChatStore
@@ -177,3 +178,36 @@ async def test_a_cancel_at_any_await_of_a_turns_start_leaves_nothing_streaming(
     await _check_after(gateway, db_url, frames, session_id)
     replies = await sql_rows(db_url, "SELECT status FROM messages WHERE role = 'assistant' ORDER BY created_at")
     assert all(r["status"] in ("complete", "cancelled") for r in replies)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-session", "existing-session"])
+@pytest.mark.parametrize("write", ["fails", "succeeds"])
+async def test_a_turn_stopped_twice_while_its_user_turn_is_written_ends_once_as_cancelled(
+    gateway_factory: Factory, settings: Any, db_url: str, monkeypatch: pytest.MonkeyPatch, existing: bool, write: str
+) -> None:
+    """chat.cancel, then the client leaving or a shutdown, both while the user turn is being written; the write then
+    fails or succeeds. Either way the client gets one CANCELLED frame (not the write's error, not an internal error),
+    no reply stays `streaming`, and the session takes the next send."""
+    gateway = await gateway_factory(settings)
+    ws = await gateway.ws()
+    session_id = (await chat(ws, "first"))[-1]["sessionId"] if existing else None
+    original = ChatStore.begin_turn
+
+    async def hooked(self: ChatStore, **kwargs: Any) -> Any:
+        victim = next(t for t in asyncio.all_tasks() if t.get_name() == "turn-victim")
+        for _ in range(2):  # the write runs on, shielded, while the turn waits for it
+            victim.cancel()
+            for _ in range(3):
+                await asyncio.sleep(0)
+        if write == "fails":
+            raise DatabaseUnavailable("database unavailable: test")
+        return await original(self, **kwargs)
+
+    monkeypatch.setattr(ChatStore, "begin_turn", hooked)
+    fields = {"sessionId": session_id} if session_id else {}
+    await send(ws, {"type": "chat.send", "id": "victim", "content": "hello", **fields})
+    frames = await collect(ws)
+    monkeypatch.undo()
+    assert (frames[-1]["type"], frames[-1]["code"]) == ("error", "CANCELLED")
+    assert await _ended_reply(db_url, frames[-1]) is (write == "succeeds")
+    await _check_after(gateway, db_url, frames, session_id)

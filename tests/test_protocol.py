@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.protocol import parse_frame, parse_time
+from gateway.protocol import dump, parse_frame, parse_time
 
 
 def refusal(text: str) -> tuple[str, str, str | None]:
@@ -116,6 +116,12 @@ def test_times_are_read_as_utc(text: str, moment: datetime) -> None:
     parsed = parse_time(text, "since")
     assert parsed is not None
     assert (parsed, parsed.tzinfo, parsed.hour) == (moment, UTC, moment.hour)
+
+
+@pytest.mark.usefixtures("new_york")
+def test_frames_write_times_in_utc_whatever_the_machines_zone() -> None:
+    frame = {"type": "session.created", "createdAt": datetime(2026, 11, 1, 10, 0, 0, 123456, tzinfo=UTC)}
+    assert dump(frame) == '{"type":"session.created","createdAt":"2026-11-01T10:00:00.123456Z"}'
 
 
 def test_a_time_that_is_not_one_names_its_field() -> None:

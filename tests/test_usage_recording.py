@@ -283,6 +283,9 @@ async def test_one_row_per_upstream_request_across_retries(
     assert [r["upstream_message_id"][:4] for r in rows] == ["msg_", "msg_"]
     assert rows[0]["upstream_message_id"] != rows[1]["upstream_message_id"]
     assert [(r["step"], r["web_search_requests"]) for r in rows] == [(1, 1), (1, 0)]
+    # The failed attempt's search is billed with it ($10 per 1,000 searches), in its row's total.
+    assert [r["server_tool_cost"] for r in rows] == [10_000_000, 0]
+    assert rows[0]["total_cost"] == rows[0]["input_cost"] + rows[0]["output_cost"] + 10_000_000
     # Both durations count from the turn's first request; the failed attempt ended after a backoff of at least 5 ms.
     assert 5 <= rows[0]["duration_ms"] <= rows[1]["duration_ms"]
     report = await request(ws, {"type": "usage.query"})

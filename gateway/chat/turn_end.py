@@ -146,7 +146,7 @@ async def unstoppable(work: asyncio.Future[Any]) -> None:
 
 
 async def record_failed_attempt(
-    s: Services, rows: TurnRows, reply: Reply, assembled: Assembled, at: datetime, started: float, step: int = 1
+    s: Services, rows: TurnRows, reply: Reply, assembled: Assembled, at: datetime, started: float, step: int
 ) -> Priced | None:
     """An attempt that failed after the upstream reported usage was billed: its own usage row, before the retry."""
     if reply.message_id is None:
