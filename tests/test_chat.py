@@ -103,6 +103,8 @@ async def test_session_list_history_and_delete(ws: ClientWebSocketResponse, db_u
     history = await request(ws, {"type": "session.history", "sessionId": a})
     assert [m["role"] for m in history["messages"]] == ["user", "assistant", "user", "assistant"]
     assert history["messages"][1]["text"] == "You said: first session title"
+    # A session was last updated when its last reply ended, not when that reply's question was stored.
+    assert first["updatedAt"] == history["messages"][-1]["updatedAt"] > history["messages"][-2]["createdAt"]
     deleted = await request(ws, {"type": "session.delete", "id": "d", "sessionId": a})
     assert deleted["type"] == "session.deleted"
     missing = await request(ws, {"type": "session.history", "sessionId": a})

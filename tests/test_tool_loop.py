@@ -277,6 +277,30 @@ async def test_pause_turn_is_continued_and_server_tools_are_counted(
     assert [m["role"] for m in fake.requests[-1].body["messages"]] == ["user", "assistant", "user"]
 
 
+async def test_a_finished_reply_with_a_search_is_replayed_with_its_results(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic
+) -> None:
+    """A reply that searched the web in its one request: the next turn sends the search and its results back, so the
+    model still has what it found."""
+    search = {"type": "server_tool_use", "id": "srvtoolu_02", "name": "web_search", "input": {"query": "wal"}}
+    found = {
+        "type": "web_search_tool_result",
+        "tool_use_id": "srvtoolu_02",
+        "content": [{"type": "web_search_result", "url": "https://sqlite.org/wal.html", "title": "WAL"}],
+    }
+    fake.queue(Reply(text="WAL is a journal mode.", blocks=[search, found], server_tool_use={"web_search_requests": 1}))
+    first = await chat(ws, "what is WAL?")
+    assert (first[-1]["status"], first[-1]["stopReason"]) == ("complete", "end_turn")
+    fake.queue(Reply(text="You are welcome."))
+    more = await chat(ws, "thanks", sessionId=first[-1]["sessionId"])
+    assert more[-1]["type"] == "chat.stream.end"
+    replayed = fake.requests[-1].body["messages"][1]
+    assert replayed["role"] == "assistant"
+    assert [b["type"] for b in replayed["content"]] == ["thinking", "text", "server_tool_use", "web_search_tool_result"]
+    assert replayed["content"][3]["content"][0]["url"] == "https://sqlite.org/wal.html"
+    assert fake.refusals == []
+
+
 async def test_tool_input_streams_only_when_asked(
     ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
