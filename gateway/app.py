@@ -50,6 +50,12 @@ async def _make_locks(settings: Settings, database: Database) -> SessionLocks:
 
         pg_locks: SessionLocks = await PgSessionLocks.open(database.engine)
         return pg_locks
+    path = database.engine.url.database
+    if path and path != ":memory:" and not path.startswith("file:"):
+        # Other processes may serve the same file (`agentspace serve --workers N`, or a second gateway).
+        from gateway.chat.file_locks import FileSessionLocks
+
+        return await asyncio.to_thread(FileSessionLocks.beside, Path(path))
     return LocalSessionLocks()
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 
 from gateway.errors import DatabaseUnavailable
 
-from .db import is_connectivity_error
+from .db import begin_immediate, is_connectivity_error
 from .sqlite_threads import SqliteThreads
 
 T = TypeVar("T")
@@ -88,6 +88,7 @@ class Database:
                     yield db
             else:
                 async with self._write_lock, self.sessionmaker() as db, db.begin():
+                    await db.run_sync(lambda sync: begin_immediate(sync.connection()))
                     yield db
         except (DBAPIError, SATimeoutError, OSError) as exc:
             if is_connectivity_error(exc):

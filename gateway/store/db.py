@@ -183,9 +183,23 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def _upgrade_lock(connection: Connection) -> None:
+    # Several processes may start at once (`agentspace serve --workers N`, or several machines on PostgreSQL): one
+    # migrates, the others wait here, then find nothing to do.
     if connection.dialect.name == "postgresql":
-        # Several processes may start at once: one migrates, the others wait here, then find nothing to do.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    elif connection.dialect.name == "sqlite":
+        begin_immediate(connection)
+
+
+def begin_immediate(connection: Connection) -> None:
+    """Start a SQLite write transaction holding the database's write lock from its first statement.
+
+    The driver would otherwise begin a deferred transaction at the first INSERT/UPDATE/DELETE, leaving earlier reads
+    outside it, and a transaction that read first cannot wait for the write lock: SQLite answers "database is locked"
+    at once when another process wrote since. In one process the store's write lock hid both; with several processes
+    on one file (`--workers`), BEGIN IMMEDIATE makes every unit of work that writes a transaction of its own,
+    serialized across processes, waiting (busy_timeout) for the lock instead of failing."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _upgrade(connection: Connection) -> None:

@@ -19,7 +19,7 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection
 
-from .db import json_loads, sqlite_pragmas_for
+from .db import begin_immediate, json_loads, sqlite_pragmas_for
 
 T = TypeVar("T")
 
@@ -63,6 +63,7 @@ class SqliteThreads:
 
 def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     with engine.begin() as connection:
+        begin_immediate(connection)
         return work(connection)
 
 
