@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from gateway.chat.metrics import Metrics
 from gateway.chat.recovery import recover_orphans
 from gateway.chat.services import Services
 from gateway.chat.upstream import Upstream
-from gateway.server import anthropic_api
+from gateway.server import anthropic_api, workers
 from gateway.server.connection import Connection
 from gateway.server.credentials import Credentials
 from gateway.server.edge import ConnectionCaps, loopback_host_only
@@ -88,7 +89,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CREDENTIALS] = Credentials(settings.token, store.keys)
         # Loading the encoding takes a moment; do it off the loop, before the first inspect pays for it.
         await asyncio.to_thread(services.tokens.warm)
-        yield
+        private = workers.worker_ctx_for(settings, app[METRICS])
+        async with workers.serving_private(settings, private) if private else contextlib.nullcontext():
+            yield
     finally:
         if services is not None:
             await services.held.close()  # one last try for replies held through an outage, while the store is open

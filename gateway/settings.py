@@ -115,6 +115,11 @@ class Settings:
     # asked for by name, so it is written even by a gateway whose database others may share (PostgreSQL).
     runtime_file: Path | None = None
     runtime_file_forced: bool = False
+    # `agentspace serve --workers N` (gateway/cli/workers.py): this process is worker `worker` (1..N) of `workers`;
+    # `worker_dir` holds every worker's private socket, through which /metrics gathers the others' series.
+    workers: int = 1
+    worker: int | None = None
+    worker_dir: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
     # What "now" is for prices, budget periods and stored timestamps (gateway/clock.py); tests set their own.
     clock: Clock = field(default=SYSTEM_CLOCK, compare=False)

@@ -17,6 +17,7 @@ from gateway.server.logs import setup_logging
 from gateway.settings import Settings, token_problem
 
 from . import runtime_file
+from .workers import Supervisor, worker_count
 
 
 def register(sub: Any) -> None:
@@ -24,6 +25,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1, or AGENTSPACE_HOST)")
     parser.add_argument("--port", type=int, help="port (default 3271, or AGENTSPACE_PORT)")
     parser.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        default=os.environ.get("AGENTSPACE_WORKERS", "1"),
+        help="gateway processes on the one port: a number, or auto for one per core (default 1, or AGENTSPACE_WORKERS)",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--runtime-file",
@@ -75,6 +82,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        workers = worker_count(str(args.workers))
+    except ValueError as exc:
+        print(f"agentspace: {exc}", file=sys.stderr)
+        return 2
+    if workers > 1 and settings.is_sqlite and _in_memory(settings.db_url):
+        print("agentspace: --workers needs a database file or PostgreSQL (each worker would get its own memory)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     # Everything this process creates (the database, its WAL, anything else) is for its owner only.
     os.umask(0o077)
     setup_logging(settings.log_format, settings.log_level)
@@ -87,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     port = int(sock.getsockname()[1])
     log.info(
-        "gateway on ws://%s:%d/gateway (Control UI http://%s:%d/), database %s",
+        "gateway on ws://%s:%d/gateway (Control UI http://%s:%d/), database %s%s",
         settings.host,
         port,
         settings.host,
         port,
         _safe_url(settings.db_url),
+        f", {workers} workers" if workers > 1 else "",
     )
     # Imported here, not at the top: the server pulls in the SDK and SQLAlchemy (seconds), which `agentspace chat`
     # and the other small commands never need.
@@ -101,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     discovery = _discovery_path(settings, log)
     claimed = discovery is not None and runtime_file.claim(discovery, port, settings.host, settings.clock.now())
     try:
+        if workers > 1:
+            return Supervisor(settings, sock, workers, create_app).run()
         web.run_app(create_app(settings), sock=sock, shutdown_timeout=10, print=None, access_log=None)
     finally:
         if claimed and discovery is not None:
@@ -123,6 +142,13 @@ def _discovery_path(settings: Settings, log: logging.Logger) -> Path | None:
         log.info("no discovery file: the database may be shared; set AGENTSPACE_RUNTIME_FILE to write one anyway")
         return None
     return path
+
+
+def _in_memory(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return not database or database == ":memory:" or "mode=memory" in url
 
 
 def _safe_url(url: str) -> str:

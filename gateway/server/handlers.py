@@ -14,6 +14,7 @@ from gateway.chat.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.chat.metrics import Metrics
 from gateway.chat.services import Services
 
+from . import workers
 from .connection import Connection
 from .credentials import Credentials
 from .edge import ConnectionCaps, is_loopback_name
@@ -75,6 +76,8 @@ async def healthz(request: web.Request) -> web.Response:
             "activeStreams": active_streams(connections),
             "connections": len(request.app[SOCKETS]),
             "apiKeyConfigured": services.upstream.has_key(),
+            # Under `serve --workers N`, which worker answered (each connection goes to one of them).
+            **({"worker": services.settings.worker} if services.settings.worker is not None else {}),
         }
     )
 
@@ -84,7 +87,12 @@ async def metrics(request: web.Request) -> web.Response:
     verdict = await request.app[CREDENTIALS].check(_bearer(request))
     if not verdict.accepted:
         raise web.HTTPUnauthorized(text="gateway token required", headers={"WWW-Authenticate": "Bearer"})
-    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    settings = request.app[SERVICES].settings
+    if settings.worker is not None:
+        body = await workers.gather(settings, request.app[METRICS])  # every worker's, labelled
+    else:
+        body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 # The Control UI is same-origin and static; this policy keeps anything injected from loading or sending elsewhere.
