@@ -4,6 +4,7 @@ and through a bare relay (*bare*), scenario by scenario. Prints a table; writes 
     python -m bench                      # everything, a few minutes (SQLite)
     python -m bench --quick              # every scenario, tiny, a few seconds: proves the harness works
     python -m bench --only ttft1,turns   # some scenarios
+    python -m bench --only turns,deltas --workers 2   # the gateway as `agentspace serve --workers 2`
     python -m bench --db-url postgresql+asyncpg://postgres@127.0.0.1:5432/postgres   # creates/drops its own DBs
 """
 
@@ -65,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated scenarios among {','.join(KEYS)}")
     parser.add_argument("--duration", type=float, help="seconds each streaming scenario measures, per target")
     parser.add_argument("--db-url", help="a PostgreSQL server URL; the bench creates and drops its own databases there")
+    parser.add_argument("--workers", type=int, default=1, help="run the gateway with `serve --workers N`")
     parser.add_argument("--out", type=Path, help="where to write the JSON (default bench/results/<time>.json)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the docs)")
     parser.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
@@ -80,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_fd_limit()
-    plan = make_plan(args.quick, args.only.split(",") if args.only else None, args.duration)
+    plan = make_plan(args.quick, args.only.split(",") if args.only else None, args.duration, args.workers)
     started = datetime.now(UTC)
     load_before = load_average()
     t0 = time.perf_counter()
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
         "quick": plan.quick,
         "database": "postgresql" if args.db_url else "sqlite",
+        "workers": plan.workers,
         "machine": machine_info,
         "load_average_before": load_before,
         "load_average_after": load_average(),
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS_DIR / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
     m = machine_info
     print(
-        f"\n{m['nproc']} x {m['cpu']}, {m['memory']}, Python {m['python']}, {report['database']}; "
+        f"\n{m['nproc']} x {m['cpu']}, {m['memory']}, Python {m['python']}, {report['database']}, "
+        f"{plan.workers} gateway worker(s); "
         f"load average {load_before[0]} -> {load_average()[0]}; {report['seconds']} s"
     )
     if plan.quick:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -57,6 +58,19 @@ def cpu_seconds(pid: int) -> float:
     # Fields after the command name (which may hold spaces, hence the split at the last ')'): utime is the 12th.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started and that still run (a gateway's workers), from /proc (Linux)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of a process and of each of its children, by pid: `serve --workers N` is N + 1 processes."""
+    return {p: cpu_seconds(p) for p in (pid, *child_pids(pid))}
 
 
 @dataclass
@@ -214,13 +228,20 @@ def gateway_env(home: Path, upstream_url: str, db_url: str | None) -> dict[str, 
 
 
 async def start_gateway(
-    home: Path, upstream_url: str, db_url: str | None, log_dir: Path, name: str = "gateway"
+    home: Path, upstream_url: str, db_url: str | None, log_dir: Path, name: str = "gateway", workers: int = 1
 ) -> Proc:
     port = free_port()
     env = gateway_env(home, upstream_url, db_url)
-    p = await spawn(name, [*agentspace_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)], log_dir, env)
+    argv = [*agentspace_argv(), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    p = await spawn(name, argv, log_dir, env)
     async with stopped_on_failure(p):
         await wait_http(p, f"http://127.0.0.1:{port}/healthz")
+        # /healthz answers once one worker is up; the load must find all of them serving.
+        while (
+            workers > 1 and len(set(re.findall(r"worker \d+ ready", p.log_path.read_text(errors="replace")))) < workers
+        ):
+            p.check_alive()
+            await asyncio.sleep(0.05)
     p.url = f"ws://127.0.0.1:{port}/gateway"
     return p
 

@@ -31,6 +31,7 @@ from .procs import (
     start_fake,
     start_gateway,
     stopped_on_failure,
+    tree_cpu_seconds,
 )
 from .scenarios import IdleScenario, Plan, QueryScenario, StreamScenario
 
@@ -159,7 +160,8 @@ class Runner:
                 bare_task = asyncio.create_task(start_bare(upstream_url, folder)) if bare else None
                 tasks = [t for t in (seeding, fake_task, bare_task) if t is not None]
                 seeded = await seeding if seeding is not None else None
-                stack.gateway = await start_gateway(home, upstream_url, None if self.db_url is None else db_url, folder)
+                gateway_db = None if self.db_url is None else db_url
+                stack.gateway = await start_gateway(home, upstream_url, gateway_db, folder, workers=self.plan.workers)
                 stack.fake = await fake_task if fake_task is not None else None
                 stack.bare = await bare_task if bare_task is not None else None
                 yield stack, seeded
@@ -213,9 +215,17 @@ async def run_stream(
         # CPU each process spent on the whole run (warm-up included), so a rate can be read as "where the cores went".
         measured = {"relay": proc if target != "direct" else None, "upstream": stack.fake, "load": load.proc}
         cpu_before = {k: cpu_seconds(p.pid) for k, p in measured.items() if p is not None}
+        # A gateway with --workers is a parent and its workers: "relay" is all of them, each also listed.
+        relay_before = tree_cpu_seconds(proc.pid) if target != "direct" else {}
         try:
             results[target] = await load.run(cmd, sc.warmup_s + sc.duration_s + LOAD_REPLY_GRACE_S)
             cpu = {k: round(cpu_seconds(p.pid) - cpu_before[k], 2) for k, p in measured.items() if p is not None}
+            if relay_before:
+                after = tree_cpu_seconds(proc.pid)
+                each = {pid: round(after[pid] - relay_before.get(pid, 0.0), 2) for pid in after}
+                cpu["relay"] = round(sum(each.values()), 2)
+                if len(each) > 1:
+                    results[target]["cpu_relay_processes_s"] = each
             results[target]["cpu_s"] = cpu
         finally:
             if spy is not None:

@@ -69,6 +69,7 @@ class Plan:
     queries: QueryScenario | None
     quick: bool = False
     keys: tuple[str, ...] = field(default=())
+    workers: int = 1  # the gateway's `serve --workers`
 
 
 # Model-like pacing: 20 ms between deltas is 50 tokens/s, about what current models stream at.
@@ -118,7 +119,7 @@ QUICK = Plan(
 KEYS = ("ttft1", "ttft50", "turns", "deltas", "messages", "idle", "queries")
 
 
-def make_plan(quick: bool, only: list[str] | None, duration_s: float | None) -> Plan:
+def make_plan(quick: bool, only: list[str] | None, duration_s: float | None, workers: int = 1) -> Plan:
     base = QUICK if quick else FULL
     keys = tuple(only) if only else KEYS
     unknown = set(keys) - set(KEYS)
@@ -133,4 +134,5 @@ def make_plan(quick: bool, only: list[str] | None, duration_s: float | None) -> 
         queries=base.queries if "queries" in keys else None,
         quick=quick,
         keys=keys,
+        workers=workers,
     )

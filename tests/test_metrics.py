@@ -12,7 +12,9 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.chat.metrics import Metrics
 from gateway.server.logs import JsonFormatter
+from gateway.server.workers import merge
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, recv, send
 from tests.fake_anthropic import FakeAnthropic, Reply
@@ -154,3 +156,28 @@ async def test_debug_logging_adds_the_content(
     await chat(ws, "show me in debug")
     turns = [line for line in json_log("DEBUG") if line.get("event") == "turn"]
     assert turns[0]["content"] == "show me in debug"
+
+
+def test_workers_expositions_merge_into_one_with_every_sample_labelled() -> None:
+    """`serve --workers N`: one scrape, every family's HELP/TYPE once, each sample naming its worker, and a worker
+    that did not answer shown as down rather than failing the scrape."""
+    one, two = Metrics(), Metrics()
+    one.turns.labels("complete", "").inc(3)
+    two.turns.labels("complete", "").inc(4)
+    two.tokens.labels('odd"model}{', "input").inc(5)  # label values may hold braces and escaped quotes
+    one.watch(lambda: 2, lambda: 1)
+    two.watch(lambda: 5, lambda: 0)
+    text = merge({1: one.render().decode(), 2: two.render().decode(), 3: None})
+
+    assert text.count("# TYPE agentspace_turns_total counter") == 1
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # it parses as one valid exposition
+    turns = {(s.labels["worker"], s.value) for s in families["agentspace_turns"].samples if s.name.endswith("_total")}
+    assert turns == {("1", 3.0), ("2", 4.0)}
+    assert {(s.labels["worker"], s.value) for s in families["agentspace_connections"].samples} == {
+        ("1", 2.0),
+        ("2", 5.0),
+    }
+    tokens = [s for s in families["agentspace_tokens"].samples if s.name.endswith("_total")]
+    assert [(s.labels["model"], s.labels["worker"], s.value) for s in tokens] == [('odd"model}{', "2", 5.0)]
+    up = {s.labels["worker"]: s.value for s in families["agentspace_worker_up"].samples}
+    assert up == {"1": 1.0, "2": 1.0, "3": 0.0}
