@@ -246,3 +246,22 @@ async def test_with_finish_on_disconnect_a_reply_is_read_to_its_end(settings: Se
         assert rows == [("complete", len(" ".join(f"w{i}" for i in range(2000))))]
     finally:
         await runner.cleanup()
+
+
+async def test_a_conversation_alternating_between_processes_stays_one_session(
+    gateway_factory: Factory, settings: Settings, fake: FakeAnthropic
+) -> None:
+    """`serve --workers N` (or N processes behind a balancer): each request of one SDK conversation may reach
+    another process. A process's memory of the tails it wrote is then stale; it is looked up again, not forked."""
+    here = await make_api(gateway_factory, settings)
+    there = Api(await gateway_factory(settings), here.key, settings)
+    messages: list[dict[str, Any]] = []
+    for turn in range(6):
+        fake.queue(Reply(text=f"answer {turn}"))
+        messages.append(user(f"question {turn}"))
+        sdk = (here if turn % 2 == 0 else there).sdk
+        reply = await sdk.messages.create(model=MODEL, max_tokens=64, messages=messages)
+        messages.append(assistant(reply.content))
+    assert await here.rows("select message_count from sessions") == [(12,)]
+    await here.sdk.close()
+    await there.sdk.close()

@@ -36,6 +36,8 @@ from .turn_frames import usage_record
 from .upstream import map_error
 
 log = logging.getLogger(__name__)
+# Lookups of the session a request continues: a stale remembered tail costs one more, which asks the database.
+_LOOKUPS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +107,22 @@ class Passthrough:
     async def _begin(self, messages: list[dict[str, Any]]) -> TurnRows:
         if self.call.session_hint is not None:
             return await self._begin_named(self.call.session_hint, messages)
-        found = await self.s.store.transcripts.find_tail(self.hashes)
-        if found is not None:
+        # A tail this process remembers may be stale: another process (`serve --workers N`, or behind a balancer)
+        # served the conversation's last request. The write then finds the session moved on, the memory is dropped,
+        # and the next lookup asks the database. Busy (the same conversation sent twice at once), or moved on since
+        # the database said otherwise: the request forks instead.
+        for _ in range(_LOOKUPS):
+            found = await self.s.store.transcripts.find_tail(self.hashes)
+            if found is None:
+                break
             session_id, matched = found
-            with contextlib.suppress(errors.StreamInProgress):
-                # Busy (the same conversation sent twice at once), or moved on since: the request forks instead.
+            try:
                 self._lease = await self.s.locks.acquire(session_id)
-                with contextlib.suppress(TailMoved):
-                    return await self._write(session_id, messages[matched:], expected=self.hashes[matched - 1])
+            except errors.StreamInProgress:
+                break
+            try:
+                return await self._write(session_id, messages[matched:], expected=self.hashes[matched - 1])
+            except TailMoved:
                 await self.release_lease()
         session_id = new_id()
         self._lease = await self.s.locks.acquire(session_id)  # before its rows exist, as a chat.send does
