@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="record both relays with py-spy in each streaming scenario"
     )
     args = parser.parse_args(argv)
+    if args.workers > 1 and "idle" in (args.only.split(",") if args.only else ["idle"]):
+        parser.error("--workers: the idle scenario measures one process's memory; choose scenarios with --only")
     if args.db_url is not None and not args.db_url.startswith("postgresql"):
         parser.error("--db-url is for PostgreSQL; SQLite is the default and gets a fresh file per run")
     return args
