@@ -82,6 +82,10 @@ def test_worker_count() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker pids from /proc")
 async def test_two_workers_on_one_sqlite_file(tmp_path: Path, fake: FakeAnthropic) -> None:
     home, runtime = tmp_path / "home", tmp_path / "runtime.json"
+    capped = home / "agents" / "capped"
+    capped.mkdir(parents=True)
+    # Room for two sends' worst case (2,000 output tokens: about $0.0201 each) in flight at once, not three.
+    (capped / "agent.toml").write_text("[budget]\ndaily_usd = 0.05\n")
     env = {
         **os.environ,
         "AGENTSPACE_HOME": str(home),
@@ -117,10 +121,12 @@ async def test_two_workers_on_one_sqlite_file(tmp_path: Path, fake: FakeAnthropi
         assert db.execute("pragma integrity_check").fetchone() == ("ok",)
         assert db.execute("select count(*) from messages where status = 'streaming'").fetchone() == (0,)
         statuses = dict(db.execute("select status, count(*) from messages where role = 'assistant' group by status"))
-        # 80 from the clients, 2 refused-session turns, then the one killed with its worker and the one SIGTERM ended.
-        assert statuses == {"complete": 82, "interrupted": 2}, statuses
-        usage = db.execute("select count(*), count(distinct message_id), sum(input_tokens) from usage_records")
-        assert usage.fetchone()[:2] == (83, 83)  # the killed worker's reply never got a usage row
+        # 80 from the clients, 2 within budget, 2 in the held session; the one killed with its worker, the one SIGTERM
+        # ended.
+        assert statuses == {"complete": 84, "interrupted": 2}, statuses
+        usage = db.execute("select count(*), count(distinct message_id) from usage_records")
+        assert usage.fetchone() == (85, 85)  # the killed worker's reply never got a usage row
+        assert db.execute("select count(*) from budget_reservations").fetchone() == (0,)
     finally:
         db.close()
 
@@ -146,12 +152,30 @@ async def _check_workers(http: aiohttp.ClientSession, base: str, fake: FakeAnthr
     assert sum(float(line.rsplit(" ", 1)[1]) for line in turns) == 80
     assert {line.split('worker="')[1][0] for line in turns} <= {"1", "2"}
 
+    # One budget across the workers: of six sends at once, two fit the cap's room for worst cases, wherever they ran.
+    fake.queue(*(Reply(text="within budget", hold_after_deltas=1, input_tokens=10, output_tokens=10) for _ in "ab"))
+    sockets = [await http.ws_connect(ws_url) for _ in range(6)]
+    for n, ws in enumerate(sockets):
+        await _send(ws, "spend", id=f"b{n}", agentId="capped", maxTokens=2000)
+    waits = [asyncio.ensure_future(_terminal(ws)) for ws in sockets]
+    await fake.wait_held(2)
+    while sum(w.done() for w in waits) < 4:
+        await asyncio.wait([w for w in waits if not w.done()], return_when=asyncio.FIRST_COMPLETED)
+    refused = [w.result()[-1] for w in waits if w.done()]
+    assert [(f["type"], f["code"]) for f in refused] == [("error", "BUDGET_EXCEEDED")] * 4, refused
+    admitted = [w for w in waits if not w.done()]
+    fake.release()
+    ends = [(await w)[-1] for w in admitted]
+    assert [(f["type"], f["status"]) for f in ends] == [("chat.stream.end", "complete")] * 2
+    for ws in sockets:
+        await ws.close()
+
     # One stream per session, whichever worker each connection reached.
     fake.queue(Reply(text="held", hold_after_deltas=1))
     held = await http.ws_connect(ws_url)
     await _send(held, "hold on", id="h")
     session_id = (await held.receive_json(timeout=WAIT_S))["sessionId"]
-    await fake.wait_held()
+    await fake.wait_held(3)
     messages = set()
     for attempt in range(40):
         async with http.ws_connect(ws_url) as ws:
@@ -171,7 +195,7 @@ async def _check_workers(http: aiohttp.ClientSession, base: str, fake: FakeAnthr
     # SIGKILL both workers mid-stream: each is replaced, and the new ones find the reply nobody holds.
     fake.queue(Reply(text="doomed", hold_after_deltas=1))
     await _send(held, "this one dies", id="d", sessionId=session_id)
-    await fake.wait_held(2)
+    await fake.wait_held(4)
     for pid in served.worker_pids():
         os.kill(pid, signal.SIGKILL)
     served.ready.clear()
@@ -186,7 +210,7 @@ async def _check_workers(http: aiohttp.ClientSession, base: str, fake: FakeAnthr
     fake.queue(Reply(text="cut short", hold_after_deltas=1))
     last = await http.ws_connect(ws_url)
     await _send(last, "and now we stop", id="s", sessionId=session_id)
-    await fake.wait_held(3)
+    await fake.wait_held(5)
     served.proc.send_signal(signal.SIGTERM)
     end = (await _terminal(last))[-1]
     assert (end["type"], end.get("status")) == ("chat.stream.end", "interrupted"), end
