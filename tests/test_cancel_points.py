@@ -32,7 +32,7 @@ POINTS: list[tuple[Any, str, bool, bool]] = [
     (turn_module, "measure", False, False),
     (ChatStore, "calibration", False, True),
     (BudgetGuard, "reserve", False, False),
-    ("locks", "acquire", False, False),  # LocalSessionLocks or PgSessionLocks, whichever the database has
+    ("locks", "acquire", False, False),  # FileSessionLocks or PgSessionLocks, whichever the database has
     (ChatStore, "begin_turn", False, True),
     (Database, "run", True, True),  # the write inside begin_turn: the reported case
 ]
