@@ -166,6 +166,8 @@ async def test_held_replies_get_a_last_try_at_shutdown(
     ws = await gateway.ws()
     end = (await chat(ws, "hello"))[-1]
     assert end["pendingSave"] is True and services.held.count == 1
+    # Held, not lost: the end frame still reports what the reply used and cost.
+    assert end["usage"]["outputTokens"] > 0 and end["cost"]["totalCost"] > 0
     assert ChatEnd.from_frame(end).pending_save is True
     failing["on"] = False
     await services.held.close()

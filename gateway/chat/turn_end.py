@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -105,7 +105,7 @@ async def settle(
     saved = await asyncio.shield(saved_through_outage(save))
     if not saved:
         hold(save)
-        return Accounted(accounted.priced, accounted.record, accounted.calibration, accounted.duration_ms, False)
+        return replace(accounted, saved=False)
     return accounted
 
 
