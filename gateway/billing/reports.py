@@ -36,6 +36,11 @@ def totals_fields(t: UsageTotals) -> dict[str, Any]:
         ),
         "requestCount": t.request_count,
         "unpricedRequests": t.unpriced_requests,
+        # How much of the totals is the gateway's estimate (streams cut short before Anthropic's final count).
+        "estimatedRequests": t.estimated_requests,
+        "estimatedOutputTokens": t.estimated_output_tokens,
+        "estimatedCost": nano_to_usd(t.estimated_cost),
+        "estimatedCostNanoUsd": t.estimated_cost,
     }
 
 

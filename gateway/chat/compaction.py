@@ -31,6 +31,7 @@ from gateway.store.models import ApiKey, ChatSession, Message
 
 from .relay import Relay
 from .services import Services
+from .spend import estimate_output
 from .step_frames import Totals
 from .turn_end import Ending, account, unstoppable
 
@@ -112,19 +113,21 @@ async def summarise(
     model = plan.assembled.model
     budget = await s.budgets.reserve(workspace, model, plan.estimate, plan.max_tokens, key=key)
     try:
-        return await _summarise(s, session, plan, rid, key)
+        return await _summarise(s, session, plan, rid, key, budget.ids if budget is not None else ())
     finally:
         if budget is not None:
             await budget.release()  # after the usage row: it counts instead now
 
 
-async def _summarise(s: Services, session: ChatSession, plan: Plan, rid: RequestId, key: ApiKey | None) -> Summarised:
+async def _summarise(
+    s: Services, session: ChatSession, plan: Plan, rid: RequestId, key: ApiKey | None, held: tuple[str, ...]
+) -> Summarised:
     assembled = plan.assembled
     summary_id = new_id()
     message = Message(id=summary_id, session_id=session.id, role="assistant", kind="summary")
     rows = TurnRows(session, message, message, False, key.id if key is not None else None, purpose="compaction")
     started = time.monotonic()
-    relay = Relay(s, s.metrics.turn(rid), rows, assembled, rid, _nowhere, started)
+    relay = Relay(s, s.metrics.turn(rid), rows, assembled, rid, _nowhere, started, reservation_ids=held)
     failure: errors.GatewayError | None = None
     status = "complete"
     try:
@@ -136,6 +139,9 @@ async def _summarise(s: Services, session: ChatSession, plan: Plan, rid: Request
         failure, status = exc, "failed"
     except TimeoutError:
         failure, status = errors.UpstreamTimeout("the request took longer than the total upstream timeout"), "failed"
+    await relay.usage_begun()
+    if status != "complete":
+        await estimate_output(s, assembled.model, relay.reply)
     ending = Ending(status, failure, started, relay.first_token_ms, relay.sent_at)
     accounted = account(s, rows, relay.reply, assembled, plan.estimate, ending, 1)
     totals = Totals(assembled.model)

@@ -30,8 +30,9 @@ from gateway.store.models import ApiKey
 from .locks import SessionLease
 from .passthrough_stream import Exchange
 from .services import Services
+from .spend import LiveUsage, billed_usage
 from .transcript import base_hash, blocks_of, extend, message_hash, prefix_hashes, stored_blocks, text_of
-from .turn_end import end_begun_after_cancel, saved_through_outage
+from .turn_end import end_begun_after_cancel, saved_through_outage, unstoppable
 from .turn_frames import usage_record
 from .upstream import map_error
 
@@ -77,6 +78,7 @@ class Passthrough:
         self.sent_at = services.clock.now()
         self._lease: SessionLease | None = None
         self._budget: Reservation | None = None
+        self._live: LiveUsage | None = None  # the provisional usage row
 
     @property
     def session_id(self) -> str | None:
@@ -193,10 +195,23 @@ class Passthrough:
         else:
             self.obs.upstream_headers()
             self.exchange = Exchange.of_response(response, self.obs, self.started)
+            if self.rows is not None:  # its usage row from the first event on (chat/spend.py)
+                ids = self._budget.ids if self._budget is not None else ()
+                live = self._live = LiveUsage(s, self.rows, self.model, self.exchange.reply, self.sent_at, ids)
+                self.exchange.on_start, self.exchange.touch = live.begin, live.touch
         return self.exchange
 
     async def settle(self) -> None:
-        """Save the reply, its usage row and the session's new tail (through a database outage), then let go."""
+        """Save the reply, its usage row and the session's new tail (through a database outage), then let go. Runs to
+        its end even when the handler is cancelled again meanwhile (a shutdown while a client leaves)."""
+        settling = asyncio.ensure_future(self._settle())
+        try:
+            await asyncio.shield(settling)
+        except asyncio.CancelledError:
+            await unstoppable(settling)
+            raise
+
+    async def _settle(self) -> None:
         rows = self.rows
         if rows is None:
             return
@@ -212,15 +227,19 @@ class Passthrough:
             status = "disconnected"
         else:
             status = "complete"
+        if self._live is not None:  # its provisional row written, and its output estimated if it was cut short
+            await self._live.settled(complete=status == "complete")
         duration_ms = int((time.monotonic() - self.started) * 1000)
         priced = record = None
         if reply is not None and reply.message_id is not None:
-            priced = s.prices.price(self.model, reply.usage, self.sent_at, reply.server_tools)
+            usage, estimated = billed_usage(reply)
+            priced = s.prices.price(self.model, usage, self.sent_at, reply.server_tools)
             first_token_ms = ex.first_token_ms if ex is not None else None
             sent_at, tools = self.sent_at, reply.server_tools
             record = usage_record(
-                rows, priced, status, duration_ms, first_token_ms, None, reply.message_id, sent_at, None, tools
-            )
+                rows, priced, status, duration_ms, first_token_ms, None, reply.message_id, sent_at, None, tools,
+                usage_id=reply.usage_id, estimated=estimated,
+            )  # fmt: skip
         content = reply.content(complete=status == "complete") if reply is not None else []
         delivered = status == "complete" and not self.client_gone and bool(content)
         # What the client sends next: with this reply if it got it, else the same conversation again.
@@ -256,7 +275,7 @@ class Passthrough:
             model=self.model,
             status=status,
             stop_reason=stop_reason,
-            usage=reply.usage if reply is not None and reply.message_id is not None else None,
+            usage=priced.usage if priced is not None else None,
             cost_nano=cost,
             duration_ms=duration_ms,
             error_code=error_code,

@@ -5,7 +5,7 @@ is read the same way."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import anthropic
@@ -16,7 +16,8 @@ from gateway import errors
 from gateway.store.db import json_loads
 
 from .metrics import TurnObserver
-from .upstream import _TYPE_ERRORS, Reply, Upstream, map_error
+from .reply import Reply
+from .upstream import _TYPE_ERRORS, Upstream, map_error
 
 # Upstream response headers that describe the hop, not the answer: aiohttp writes its own.
 HOP_HEADERS = frozenset(
@@ -86,6 +87,10 @@ class Exchange:
         self._obs = obs
         self._started = started
         self._response: httpx2.Response | None = None
+        # Called once, at the first event that names the upstream message (its usage row begins), and after each
+        # chunk relayed (the checkpoint clock): chat/spend.py.
+        self.on_start: Callable[[], None] | None = None
+        self.touch: Callable[[], None] = _nothing
 
     @classmethod
     def of_error(cls, exc: anthropic.APIStatusError, obs: TurnObserver, started: float) -> Exchange:
@@ -131,6 +136,7 @@ class Exchange:
                     self._learn_event(name, data)
                 yield chunk
                 self._obs.relayed(received)
+                self.touch()
             if self.failure is None and not self.reply.finished:
                 self.failure = errors.UpstreamError("the upstream stream ended before message_stop")
         except (httpx2.HTTPError, anthropic.APIError, OSError, TimeoutError) as exc:
@@ -155,8 +161,12 @@ class Exchange:
             event = json_loads(data)
         except ValueError:
             return  # not ours to judge: relayed as it came
-        if self.reply.feed(event) is not None and self.first_token_ms is None:
-            self.first_token_ms = int((time.monotonic() - self._started) * 1000)
+        if self.reply.feed(event) is not None:
+            if self.first_token_ms is None:
+                self.first_token_ms = int((time.monotonic() - self._started) * 1000)
+        elif self.on_start is not None and self.reply.message_id is not None:
+            start, self.on_start = self.on_start, None
+            start()
 
     def _learn_message(self, body: bytes) -> None:
         try:
@@ -173,6 +183,10 @@ class Exchange:
         reply.text_parts = [str(b.get("text", "")) for b in reply.blocks if b.get("type") == "text"]
         reply.stop_reason = message.get("stop_reason")
         reply.finished = True
+
+
+def _nothing() -> None:
+    return None
 
 
 # Our error codes as the API's error types, for an error event the gateway writes itself.

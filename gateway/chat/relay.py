@@ -14,11 +14,14 @@ from gateway.billing.accounting import Priced
 from gateway.context.assembly import Assembled
 from gateway.protocol import RequestId
 from gateway.store import TurnRows
+from gateway.store.models import UsageRecord
 
 from .metrics import TurnObserver
+from .reply import Reply
 from .services import Services
-from .turn_end import record_failed_attempt
-from .upstream import Reply, map_error, retry_after_s
+from .spend import estimate_output, provisional_record, wait_begun
+from .turn_end import record_failed_attempt, unstoppable
+from .upstream import map_error, retry_after_s
 
 SendRaw = Callable[[str], Awaitable[None]]
 
@@ -39,6 +42,7 @@ class Relay:
         *,
         step: int = 1,
         stream_tool_input: bool = False,
+        reservation_ids: tuple[str, ...] = (),
     ) -> None:
         self.s = services
         self.obs = obs
@@ -54,6 +58,10 @@ class Relay:
         self.first_token_ms: int | None = None
         self.relayed = False
         self.failed_attempts: list[Priced] = []  # attempts that were billed, then retried: each has its usage row
+        # The budget reservations this request is held by: its usage row, once written, counts part of them.
+        self.reservation_ids = reservation_ids
+        self._begun: asyncio.Future[None] | None = None  # the provisional usage row's write (chat/spend.py)
+        self._begun_for: Reply | None = None
         rid = json.dumps(request_id)
         ids = f'"id":{rid},"requestId":{rid},"sessionId":"{rows.session.id}","messageId":"{rows.assistant_message.id}"'
         self._delta_prefix = '{"type":"chat.stream.delta",' + ids + ',"delta":'
@@ -68,6 +76,7 @@ class Relay:
         while True:
             self.reply = Reply()
             self.sent_at = s.clock.now()
+            self._begun = None
             try:
                 # `async with` closes the upstream response the moment we stop reading, cancel included, so
                 # Anthropic stops generating (and billing) at once.
@@ -78,6 +87,8 @@ class Relay:
                         received = time.perf_counter()
                         out = self.reply.feed(event)
                         if out is None:
+                            if self._begun is None and self.reply.message_id is not None:
+                                self._begin_usage()  # the first event: from now on the request has its usage row
                             continue
                         kind, chunk = out
                         if kind == "tool_input":
@@ -114,13 +125,49 @@ class Relay:
                 # Forget the failed attempt before recording it: if we are cancelled while saving it or during the
                 # backoff, settle() must not record the same upstream request a second time.
                 failed, self.reply = self.reply, Reply()
-                priced = await record_failed_attempt(
-                    s, self.rows, failed, self.assembled, self.sent_at, self.started, self.step
-                )
+                # Its provisional row (if any) first, then its final row; a cancel meanwhile waits for both.
+                recording = asyncio.ensure_future(self._record_failed(failed))
+                try:
+                    priced = await asyncio.shield(recording)
+                except asyncio.CancelledError:
+                    await unstoppable(recording)
+                    raise
                 if priced is not None:
                     self.failed_attempts.append(priced)
                 attempt += 1
                 await asyncio.sleep(self._backoff(attempt, wait))
+
+    async def _record_failed(self, failed: Reply) -> Priced | None:
+        await self.usage_begun()
+        return await record_failed_attempt(
+            self.s, self.rows, failed, self.assembled, self.sent_at, self.started, self.step
+        )
+
+    def _begin_usage(self) -> None:
+        """Write the provisional row in the background: the relay does not wait for the database. Whoever writes the
+        final row waits for it first (`usage_begun`)."""
+        record = provisional_record(
+            self.s, self.rows, self.assembled.model, self.reply, self.sent_at, self.started, self.step
+        )
+        reply = self._begun_for = self.reply
+        self._begun = asyncio.ensure_future(
+            self.s.store.usage.begin(record, self.reservation_ids, lambda: not reply.ended)
+        )
+
+    async def usage_begun(self) -> None:
+        """The provisional row is written (or its write failed: the final save inserts the row instead)."""
+        if self._begun_for is not None:
+            self._begun_for.ended = True
+        await wait_begun(self._begun)
+
+    async def provisional(self) -> UsageRecord | None:
+        """The request's usage row as known now, output estimated from what was generated; None before its first
+        event."""
+        reply = self.reply
+        if reply.message_id is None:
+            return None
+        await estimate_output(self.s, self.assembled.model, reply)
+        return provisional_record(self.s, self.rows, self.assembled.model, reply, self.sent_at, self.started, self.step)
 
     def _tool_input_frame(self, index: int, chunk: str) -> str:
         block = self.reply.block(index) or {}

@@ -20,7 +20,8 @@ from .checkpoints import Checkpointer
 from .metrics import TurnObserver
 from .relay import Relay, SendRaw
 from .services import Services
-from .turn_end import Ending, Hold
+from .spend import estimate_output, sample_output
+from .turn_end import Ending, Hold, unstoppable
 
 # Why a stream or a tool phase was cut short -> the status the turn ends with.
 CANCEL_STATUS = {"cancelled": "cancelled", "client_gone": "disconnected", "shutdown": "interrupted"}
@@ -54,6 +55,7 @@ class Turn(Protocol):
     def connected(self) -> bool: ...
     async def announce(self, rows: TurnRows, model: str) -> None: ...
     async def release_budget(self) -> None: ...
+    def reservation_ids(self) -> tuple[str, ...]: ...
     def holder(self, rows: TurnRows) -> Hold: ...
     async def check_window(self, model: str, estimate: int) -> None: ...
     async def reserve_budget(self, workspace: Workspace, model: str, estimate: int, max_tokens: int) -> None: ...
@@ -66,11 +68,12 @@ async def stream_request(turn: Turn, rows: TurnRows, assembled: Assembled, step:
     started = time.monotonic()
     stream_input = bool(turn.request.get("streamToolInput"))
     relay = Relay(s, turn.obs, rows, assembled, turn.rid, turn.send_raw, started, step=step,
-                  stream_tool_input=stream_input)  # fmt: skip
+                  stream_tool_input=stream_input, reservation_ids=turn.reservation_ids())  # fmt: skip
     message_id = rows.assistant_message.id
 
     async def save_partial() -> None:
-        await s.store.chats.checkpoint(message_id, relay.reply.content(complete=False), relay.reply.text)
+        usage = await relay.provisional()  # the usage row follows the text: a crash leaves both as of now
+        await s.store.chats.checkpoint(message_id, relay.reply.content(complete=False), relay.reply.text, usage)
 
     checkpointer = Checkpointer(save_partial, s.settings.checkpoint_interval_s)
     failure: errors.GatewayError | None = None
@@ -91,8 +94,21 @@ async def stream_request(turn: Turn, rows: TurnRows, assembled: Assembled, step:
     except TimeoutError:
         failure = errors.UpstreamTimeout("the request took longer than the total upstream timeout")
         status = "failed"
-    await checkpointer.stop()
+    if status == "complete":
+        await checkpointer.stop()
+        await relay.usage_begun()  # before the final row is written, which then finds it
+        sample_output(s, assembled.model, relay.reply)
+    else:
+        # Cut short: billed for what it generated. The turn ends here whatever comes, so a second cancel (shutdown
+        # after a cancel) must not stop it before its reply is saved.
+        await unstoppable(asyncio.ensure_future(_cut_short(s, checkpointer, relay, assembled.model)))
     return Ending(status, failure, started, relay.first_token_ms, relay.sent_at), relay
+
+
+async def _cut_short(s: Services, checkpointer: Checkpointer, relay: Relay, model: str) -> None:
+    await checkpointer.stop()
+    await relay.usage_begun()
+    await estimate_output(s, model, relay.reply)
 
 
 def _uncancel() -> None:

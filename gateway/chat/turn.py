@@ -98,6 +98,9 @@ class Turn:
         if budget is not None:
             await budget.release()
 
+    def reservation_ids(self) -> tuple[str, ...]:
+        return self._budget.ids if self._budget is not None else ()
+
     async def reserve_budget(self, workspace: Workspace, model: str, estimate: int, max_tokens: int) -> None:
         """Hold the next request's worst case against the agent's caps and the key's (BUDGET_EXCEEDED when it could
         pass one)."""
@@ -217,6 +220,7 @@ class Turn:
         orphans = [m.id for m in history if m.status == "streaming"]
         if orphans:
             recovered = await self.s.store.chats.recover_interrupted(message_ids=orphans)
+            await self.s.store.usage.recover_interrupted(session_id=self.session_id)
             log.warning("session %s: marked %d replies of a dead process interrupted", self.session_id, recovered)
 
     async def check_window(self, model: str, estimate: int) -> None:

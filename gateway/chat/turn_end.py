@@ -19,9 +19,10 @@ from gateway.context.assembly import Assembled
 from gateway.store import TurnRows
 from gateway.store.models import UsageRecord
 
+from .reply import Reply
 from .services import Services
+from .spend import billed_usage
 from .turn_frames import usage_record
-from .upstream import Reply
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,11 @@ def account(
     duration_ms = int((time.monotonic() - ending.started) * 1000)
     if reply.message_id is None:
         return Accounted(None, None, None, duration_ms)  # nothing was billed
-    priced = s.prices.price(assembled.model, reply.usage, ending.sent_at, reply.server_tools)
+    usage, estimated = billed_usage(reply)
+    priced = s.prices.price(assembled.model, usage, ending.sent_at, reply.server_tools)
     record = usage_record(
         rows, priced, ending.status, duration_ms, ending.first_token_ms, estimate, reply.message_id, ending.sent_at,
-        step, reply.server_tools,
+        step, reply.server_tools, usage_id=reply.usage_id, estimated=estimated,
     )  # fmt: skip
     calibration = None
     if ending.status == "complete" and reply.usage.prompt_tokens > 0:
@@ -151,11 +153,13 @@ async def record_failed_attempt(
     """An attempt that failed after the upstream reported usage was billed: its own usage row, before the retry."""
     if reply.message_id is None:
         return None  # the upstream reported no usage, so it billed nothing
-    priced = s.prices.price(assembled.model, reply.usage, at, reply.server_tools)
+    usage, estimated = billed_usage(reply)
+    priced = s.prices.price(assembled.model, usage, at, reply.server_tools)
     duration_ms = int((time.monotonic() - started) * 1000)
     record = usage_record(
-        rows, priced, "failed", duration_ms, None, None, reply.message_id, at, step, reply.server_tools
-    )
+        rows, priced, "failed", duration_ms, None, None, reply.message_id, at, step, reply.server_tools,
+        usage_id=reply.usage_id, estimated=estimated,
+    )  # fmt: skip
     await asyncio.shield(s.store.usage.insert(record))
     return priced
 

@@ -95,13 +95,17 @@ def usage_record(
     sent_at: datetime,
     step: int | None = None,
     server_tools: dict[str, int] | None = None,
+    *,
+    usage_id: str | None = None,
+    estimated: int = 0,
 ) -> UsageRecord:
     """The usage row of one upstream request, dated when it was sent: the moment its rates are from, so the row's
-    day (in reports and budgets) and its rates always agree."""
+    day (in reports and budgets) and its rates always agree. `usage_id`: the id its provisional row has (chat/spend.py);
+    `estimated`: how many of its output tokens are our estimate."""
     usage, rates, cost = priced.usage, priced.rates, priced.cost
     server_tools = server_tools or {}
     return UsageRecord(
-        id=new_id(),
+        id=usage_id or new_id(),
         session_id=rows.session.id,
         message_id=rows.assistant_message.id,
         agent_id=rows.session.agent_id,
@@ -136,6 +140,9 @@ def usage_record(
         web_search_requests=server_tools.get("web_search_requests", 0),
         web_fetch_requests=server_tools.get("web_fetch_requests", 0),
         purpose=rows.purpose,
+        estimated=estimated > 0,
+        estimated_output_tokens=estimated,
+        estimated_cost=estimated * rates.output if rates is not None and cost is not None else 0,
     )
 
 

@@ -123,6 +123,13 @@ def format_report(report: dict[str, Any], filters: UsageFilters, key_name: str |
         lines += _table(header, [*rows, _row("total", report["grandTotal"])], total_line=True)
     else:
         lines.append("no usage recorded in this window")
+    grand = report["grandTotal"]
+    if grand["estimatedRequests"]:
+        lines += [
+            "",
+            f"of which estimated: {usd(grand['estimatedCost'])} USD and {grand['estimatedOutputTokens']:,} output"
+            f" tokens of {grand['estimatedRequests']} request(s) cut short before Anthropic's final count",
+        ]
     if report["unpricedRequests"]:
         lines += ["", f"{report['unpricedRequests']} request(s) used models with no known price: costs leave them out"]
     caps = report.get("budgets") or []

@@ -91,6 +91,10 @@ class TokenCounter:
         self._remember(text, n)
         return n
 
+    def count_fresh(self, text: str) -> int:
+        """As `count`, never remembered: for text seen once (a reply's output as it streams)."""
+        return self._encode_len(text)
+
     def _cached(self, text: str) -> int | None:
         with self._lock:
             cached = self._cache.get(text)

@@ -20,7 +20,7 @@ from .history import HistoryItem, HistoryLoader, HistoryRead, version_at
 from .models import ChatSession, Message, TokenCalibration, UsageRecord
 from .snapshots import Snapshot, Snapshots, StaleSnapshot
 from .tool_calls import interrupt_open_calls
-from .upserts import add_calibration, save_usage
+from .upserts import add_calibration, save_usage, update_provisional
 
 TITLE_CHARS = 80
 MAX_TURN_MESSAGES = 1000  # a turn's replies and tool results, read back for a resent send (bounded by max_requests)
@@ -211,9 +211,18 @@ class ChatStore:
         """The turn went on past its first reply (a tool loop): the next send reads the session afresh."""
         self._snapshots.abandon(reply_id)
 
-    async def checkpoint(self, message_id: str, content: list[dict[str, Any]], text: str) -> None:
+    async def checkpoint(
+        self, message_id: str, content: list[dict[str, Any]], text: str, usage: UsageRecord | None = None
+    ) -> None:
+        """A streaming reply's text so far, and its request's provisional usage row, together."""
         params = {"message_id": message_id, "content": content, "text": text, "now": self._clock.now()}
-        await self._db.run(lambda conn: conn.execute(sql.CHECKPOINT, params), write=True)
+
+        def work(conn: Connection) -> None:
+            conn.execute(sql.CHECKPOINT, params)
+            if usage is not None:
+                update_provisional(conn, usage)
+
+        await self._db.run(work, write=True)
 
     async def finish_turn(
         self,

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -158,6 +159,9 @@ class UsageRecord(Base):
     server_tool_cost: Mapped[int | None] = mapped_column(BigInteger)
     # Why the request was made: "chat" (a turn's, or the HTTP API's) or "compaction" (a session's summary).
     purpose: Mapped[str] = mapped_column(String(16), default="chat", server_default="chat")
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # see docs/SQL.md
+    estimated_output_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    estimated_cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_usage_records_created_at", "created_at"),
@@ -170,24 +174,20 @@ class UsageRecord(Base):
 
 
 class BudgetReservation(Base):
-    """A request in flight, held against one holder's caps (docs/BUDGETS.md) until its usage row counts instead.
-    In SQL so every process sharing the database sees it; `expires_at` is a lease its process renews while alive."""
+    """A request in flight, held against one holder's caps until its usage row counts instead (docs/BUDGETS.md)."""
 
     __tablename__ = "budget_reservations"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     holder: Mapped[str] = mapped_column(String(120))  # "agent:<id>" or "key:<id>"
     amount: Mapped[int] = mapped_column(BigInteger)  # the request's worst case, nano-USD
-    owner: Mapped[str] = mapped_column(String(36))  # the gateway process holding it (a random id per process)
-    # The request's usage row once it has one: the part of the worst case that row already counts is not held twice.
+    owner: Mapped[str] = mapped_column(String(36))  # the gateway process holding it (random per process)
     usage_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()  # a lease its live process renews
 
-    __table_args__ = (
-        Index("ix_budget_reservations_holder_expires", "holder", "expires_at"),
-        Index("ix_budget_reservations_owner", "owner"),
-    )
+    __table_args__ = (Index("ix_budget_reservations_holder_expires", "holder", "expires_at"), Index(
+        "ix_budget_reservations_owner", "owner"))  # fmt: skip
 
 
 class ApiKey(Base):
@@ -238,12 +238,15 @@ class UsageDaily(Base):
     cache_read_cost: Mapped[int] = mapped_column(BigInteger, default=0)
     total_cost: Mapped[int] = mapped_column(BigInteger, default=0)
     uncached_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    estimated_requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    estimated_output_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    estimated_cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (Index("ix_usage_daily_agent_day", "agent_id", "day"),)
 
 
 class TokenCalibration(Base):
-    """Per model: how the upstream's reported input tokens compare with our local estimate, to correct it."""
+    """Per model: how the upstream's reported input (and output) tokens compare with our local count, to correct it."""
 
     __tablename__ = "token_calibration"
 
@@ -252,6 +255,9 @@ class TokenCalibration(Base):
     estimated_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     reported_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    output_samples: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    output_estimated_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    output_reported_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ToolCall(Base):

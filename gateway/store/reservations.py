@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, case, delete, func, select, text, update
 from sqlalchemy.engine import Connection
@@ -54,7 +54,7 @@ def _lock_key(ref: str) -> int:
     return zlib.crc32(ref.encode()) - 2**31  # a signed int4, the same in every process
 
 
-def _spent(conn: Connection, holder: HolderSpend, since: datetime) -> int:
+def _spent(holder: HolderSpend, since: datetime) -> Any:
     if holder.kind == "agent":
         # Whole UTC days from the rollup: the periods start at midnight.
         day: date = since.date()
@@ -65,10 +65,10 @@ def _spent(conn: Connection, holder: HolderSpend, since: datetime) -> int:
         query = select(func.coalesce(func.sum(_U.c.total_cost), 0)).where(
             _U.c.key_id == holder.target, _U.c.created_at >= since
         )
-    return int(conn.execute(query).scalar_one() or 0)
+    return query.scalar_subquery()
 
 
-def _in_flight(conn: Connection, ref: str, now: datetime) -> int:
+def _in_flight(ref: str, now: datetime) -> Any:
     counted = func.coalesce(_U.c.total_cost, 0)
     left = case((_R.c.amount > counted, _R.c.amount - counted), else_=0)
     query = (
@@ -76,12 +76,14 @@ def _in_flight(conn: Connection, ref: str, now: datetime) -> int:
         .select_from(_R.outerjoin(_U, _U.c.id == _R.c.usage_id))
         .where(_R.c.holder == ref, _R.c.expires_at > now)
     )
-    return int(conn.execute(query).scalar_one() or 0)
+    return query.scalar_subquery()
 
 
 def held_now(conn: Connection, holder: HolderSpend, now: datetime) -> Held:
-    spent = tuple(_spent(conn, holder, since) for since in holder.starts)
-    return Held(holder.ref, spent, _in_flight(conn, holder.ref, now))
+    """One statement, so one snapshot on PostgreSQL too: a provisional row committed between two reads would
+    otherwise be missing from the spend and already taken off its reservation."""
+    row = conn.execute(select(_in_flight(holder.ref, now), *(_spent(holder, since) for since in holder.starts))).one()
+    return Held(holder.ref, tuple(int(v or 0) for v in row[1:]), int(row[0] or 0))
 
 
 class ReservationStore:
@@ -143,3 +145,8 @@ def attach_usage(conn: Connection, reservation_ids: Sequence[str], usage_id: str
     """The request's usage row exists now: what it counts is no longer held twice (run with the row's insert)."""
     if reservation_ids:
         conn.execute(update(_R).where(_R.c.id.in_(list(reservation_ids))).values(usage_id=usage_id))
+
+
+def release_for_usage(conn: Connection, usage_ids: Sequence[str]) -> None:
+    """The reservations of requests whose usage rows were just made final by recovery (their process is gone)."""
+    conn.execute(delete(_R).where(_R.c.usage_id.in_(list(usage_ids))))

@@ -66,6 +66,32 @@ def _finish_provisional(columns: tuple[str, ...]) -> Any:
 PROVISIONAL = "streaming"
 
 
+@functools.cache
+def _output_calibration(dialect: str) -> Any:
+    stmt = _insert(dialect)(_C).values(
+        model=bindparam("model"),
+        output_samples=1,
+        output_estimated_tokens=bindparam("estimated"),
+        output_reported_tokens=bindparam("reported"),
+        updated_at=bindparam("now"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[_C.c.model],
+        set_={
+            "output_samples": _C.c.output_samples + 1,
+            "output_estimated_tokens": _C.c.output_estimated_tokens + stmt.excluded.output_estimated_tokens,
+            "output_reported_tokens": _C.c.output_reported_tokens + stmt.excluded.output_reported_tokens,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+
+
+def add_output_calibration(conn: Connection, model: str, estimated: int, reported: int, *, now: datetime) -> None:
+    """One sample of a complete reply's output: our count of what it generated against what Anthropic reported."""
+    params = {"model": model, "estimated": estimated, "reported": reported, "now": now}
+    conn.execute(_output_calibration(conn.dialect.name), params)
+
+
 def insert_usage_once(conn: Connection, record: UsageRecord) -> bool:
     """Insert the row unless its id is already there; False when it was. A save retried after a commit whose answer
     was lost (the connection dropped) must not count the same request twice."""

@@ -6,19 +6,19 @@ partial days at a window's edges from `usage_records` itself, so a report over m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, case, cast, func, or_, select, union_all
+from sqlalchemy import Date, and_, case, cast, func, or_, select, union_all, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
 from .base import Database
 from .models import UsageDaily, UsageRecord
-from .reservations import attach_usage
-from .upserts import insert_usage_once, save_usage
+from .reservations import attach_usage, release_for_usage
+from .upserts import PROVISIONAL, insert_usage_once, save_usage, update_provisional
 
 U = UsageRecord
 D = UsageDaily
@@ -67,6 +67,10 @@ class UsageTotals:
     total_cost: int = 0
     uncached_cost: int = 0
     unpriced_requests: int = 0
+    # Of the above, the gateway's estimate (streams cut short, docs/SQL.md): rows, output tokens, nano-USD.
+    estimated_requests: int = 0
+    estimated_output_tokens: int = 0
+    estimated_cost: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -98,6 +102,9 @@ _SUM_FIELDS = (
     "total_cost",
     "uncached_cost",
     "unpriced_requests",
+    "estimated_requests",
+    "estimated_output_tokens",
+    "estimated_cost",
 )
 
 
@@ -117,6 +124,9 @@ def _sum_columns() -> list[Any]:
         func.coalesce(func.sum(U.total_cost), 0).label("total_cost"),
         func.coalesce(func.sum(case((priced, U.uncached_cost), else_=0)), 0).label("uncached_cost"),
         func.coalesce(func.sum(case((priced, 0), else_=1)), 0).label("unpriced_requests"),
+        func.coalesce(func.sum(case((U.estimated, 1), else_=0)), 0).label("estimated_requests"),
+        func.coalesce(func.sum(U.estimated_output_tokens), 0).label("estimated_output_tokens"),
+        func.coalesce(func.sum(case((priced, U.estimated_cost), else_=0)), 0).label("estimated_cost"),
     ]
 
 
@@ -226,11 +236,45 @@ class UsageStore:
         """A request's final row (its provisional row, if it has one, made final)."""
         await self._db.run(lambda conn: save_usage(conn, record), write=True)
 
-    async def begin(self, record: UsageRecord, reservation_ids: Sequence[str] = ()) -> None:
+    async def provisional_rows(self) -> dict[str, list[str]]:
+        """Session id -> ids of its usage rows still provisional (requests streaming now, or orphaned by a crash)."""
+        query = select(U.session_id, U.id).where(U.status == PROVISIONAL)
+        found: dict[str, list[str]] = {}
+        for session_id, usage_id in await self._db.run(lambda conn: conn.execute(query).all()):
+            found.setdefault(session_id, []).append(usage_id)
+        return found
+
+    async def recover_interrupted(self, *, ids: Sequence[str] = (), session_id: str | None = None) -> int:
+        """Provisional rows of requests whose process died become final as they were last checkpointed, status
+        `interrupted` (by id, or every one of a session whose lock the caller holds); their budget reservations go.
+        Updated in place: the rollup keeps counting them once."""
+        where = U.id.in_(list(ids)) if session_id is None else U.session_id == session_id
+
+        def work(conn: Connection) -> int:
+            found = [row[0] for row in conn.execute(select(U.id).where(where, U.status == PROVISIONAL))]
+            if not found:
+                return 0
+            conn.execute(update(U).where(U.id.in_(found), U.status == PROVISIONAL).values(status="interrupted"))
+            release_for_usage(conn, found)
+            return len(found)
+
+        return await self._db.run(work, write=True)
+
+    async def checkpoint(self, record: UsageRecord) -> None:
+        """A provisional row updated with what is known now (never a row already final)."""
+        await self._db.run(lambda conn: update_provisional(conn, record), write=True)
+
+    async def begin(
+        self, record: UsageRecord, reservation_ids: Sequence[str] = (), wanted: Callable[[], bool] = lambda: True
+    ) -> None:
         """A request's provisional row, at its first upstream event (a no-op if its final row is there already), and
-        its budget reservations told that this row now counts part of their worst case."""
+        its budget reservations told that this row now counts part of their worst case. Skipped when no longer
+        `wanted` by the time the writer gets to it (the request has ended: its final row is written next), which
+        under load spares a commit per short request."""
 
         def work(conn: Connection) -> None:
+            if not wanted():
+                return
             insert_usage_once(conn, record)
             attach_usage(conn, reservation_ids, record.id)
 
