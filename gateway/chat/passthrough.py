@@ -32,7 +32,7 @@ from .passthrough_stream import Exchange
 from .services import Services
 from .spend import LiveUsage, billed_usage
 from .transcript import base_hash, blocks_of, extend, message_hash, prefix_hashes, stored_blocks, text_of
-from .turn_end import end_begun_after_cancel, saved_through_outage, unstoppable
+from .turn_end import end_begun_after_cancel, saved_through_outage, to_the_end
 from .turn_frames import usage_record
 from .upstream import map_error
 
@@ -196,20 +196,13 @@ class Passthrough:
             self.obs.upstream_headers()
             self.exchange = Exchange.of_response(response, self.obs, self.started)
             if self.rows is not None:  # its usage row from the first event on (chat/spend.py)
-                ids = self._budget.ids if self._budget is not None else ()
-                live = self._live = LiveUsage(s, self.rows, self.model, self.exchange.reply, self.sent_at, ids)
-                self.exchange.on_start, self.exchange.touch = live.begin, live.touch
+                held = self._budget.ids if self._budget is not None else ()
+                self._live = LiveUsage.following(s, self.rows, self.model, self.exchange, self.sent_at, held)
         return self.exchange
 
     async def settle(self) -> None:
-        """Save the reply, its usage row and the session's new tail (through a database outage), then let go. Runs to
-        its end even when the handler is cancelled again meanwhile (a shutdown while a client leaves)."""
-        settling = asyncio.ensure_future(self._settle())
-        try:
-            await asyncio.shield(settling)
-        except asyncio.CancelledError:
-            await unstoppable(settling)
-            raise
+        """Save the reply, its usage row and the session's new tail (through an outage), then let go; to its end."""
+        await to_the_end(self._settle())
 
     async def _settle(self) -> None:
         rows = self.rows
@@ -235,11 +228,9 @@ class Passthrough:
             usage, estimated = billed_usage(reply)
             priced = s.prices.price(self.model, usage, self.sent_at, reply.server_tools)
             first_token_ms = ex.first_token_ms if ex is not None else None
-            sent_at, tools = self.sent_at, reply.server_tools
-            record = usage_record(
-                rows, priced, status, duration_ms, first_token_ms, None, reply.message_id, sent_at, None, tools,
-                usage_id=reply.usage_id, estimated=estimated,
-            )  # fmt: skip
+            record = usage_record(rows, priced, status, duration_ms, first_token_ms, None, reply.message_id,
+                                  self.sent_at, None, reply.server_tools,
+                                  usage_id=reply.usage_id, estimated=estimated)  # fmt: skip
         content = reply.content(complete=status == "complete") if reply is not None else []
         delivered = status == "complete" and not self.client_gone and bool(content)
         # What the client sends next: with this reply if it got it, else the same conversation again.

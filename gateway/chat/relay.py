@@ -20,7 +20,7 @@ from .metrics import TurnObserver
 from .reply import Reply
 from .services import Services
 from .spend import estimate_output, provisional_record, wait_begun
-from .turn_end import record_failed_attempt, unstoppable
+from .turn_end import record_failed_attempt, to_the_end
 from .upstream import map_error, retry_after_s
 
 SendRaw = Callable[[str], Awaitable[None]]
@@ -126,12 +126,7 @@ class Relay:
                 # backoff, settle() must not record the same upstream request a second time.
                 failed, self.reply = self.reply, Reply()
                 # Its provisional row (if any) first, then its final row; a cancel meanwhile waits for both.
-                recording = asyncio.ensure_future(self._record_failed(failed))
-                try:
-                    priced = await asyncio.shield(recording)
-                except asyncio.CancelledError:
-                    await unstoppable(recording)
-                    raise
+                priced = await to_the_end(self._record_failed(failed))
                 if priced is not None:
                     self.failed_attempts.append(priced)
                 attempt += 1

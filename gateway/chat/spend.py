@@ -26,6 +26,7 @@ from gateway.store import TurnRows
 from gateway.store.models import TokenCalibration, UsageRecord
 
 from .checkpoints import Checkpointer
+from .passthrough_stream import Exchange
 from .reply import Reply
 from .services import Services
 from .turn_frames import usage_record
@@ -119,6 +120,15 @@ class LiveUsage:
         self.started = time.monotonic()
         self._begun: asyncio.Future[None] | None = None
         self._checkpoints = Checkpointer(self._checkpoint, s.settings.checkpoint_interval_s)
+
+    @classmethod
+    def following(
+        cls, s: Services, rows: TurnRows, model: str, exchange: Exchange, sent_at: datetime, held: tuple[str, ...]
+    ) -> LiveUsage:
+        """The usage of an HTTP API exchange: begun at its first event, checkpointed as its chunks are relayed."""
+        live = cls(s, rows, model, exchange.reply, sent_at, held)
+        exchange.on_start, exchange.touch = live.begin, live.touch
+        return live
 
     def begin(self) -> None:
         record = provisional_record(self.s, self.rows, self.model, self.reply, self.sent_at, self.started, None)

@@ -8,10 +8,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway import errors
 from gateway.billing.accounting import Priced
@@ -25,6 +25,7 @@ from .spend import billed_usage
 from .turn_frames import usage_record
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Waits between attempts to save a finished reply while the database is unreachable.
 FINISH_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -138,6 +139,16 @@ async def end_begun_after_cancel(s: Services, writing: asyncio.Future[TurnRows],
         # the lock and recovers it) or a restart marks it `interrupted`.
         log.warning("could not end reply %s after a cancel: %s", rows.assistant_message.id, ending.exception())
     return rows
+
+
+async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to its end even if the caller is cancelled meanwhile; the cancel is raised once it has ended."""
+    running = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await unstoppable(running)
+        raise
 
 
 async def unstoppable(work: asyncio.Future[Any]) -> None:
