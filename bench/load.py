@@ -23,6 +23,7 @@ import httpx2
 from gateway.client import GatewayClient
 
 from .clients import TurnFailed, direct_client, direct_turn, ws_request, ws_turn
+from .history import op_history
 from .procs import raise_fd_limit, rss_kb
 from .stats import Recorder, summary
 
@@ -226,7 +227,7 @@ async def op_query(cmd: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-OPS = {"stream": op_stream, "idle": op_idle, "query": op_query}
+OPS = {"stream": op_stream, "idle": op_idle, "query": op_query, "history": op_history}
 
 
 async def serve() -> None:

@@ -11,6 +11,10 @@ ADDED_TTFT_P99_MS = 10.0
 MIN_RATIO_VS_BARE = 0.8
 MAX_KB_PER_CONNECTION = 50.0
 QUERY_P50_MS = {"usage.query": 20.0, "session.list": 20.0, "context.inspect": 30.0}
+# Issue 15: a session's length adds at most this to the first token, and at 1,000 messages the gateway is no slower
+# than the SDK sending them itself.
+HISTORY_ADDED_P50_MS = 1.0
+HISTORY_AT_OR_BELOW_DIRECT_FROM = 1000
 # Issue 16: the HTTP API adds no more than the WebSocket path does (this much noise allowed on a loaded machine).
 HTTP_VS_WS_SLACK_MS = 1.0
 
@@ -220,6 +224,36 @@ def _messages_rows(sc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _history_rows(sc: dict[str, Any]) -> list[Row]:
+    """Per length: first-token P50 (and P99) direct and through the gateway, and CPU per turn of each side."""
+    r = sc["results"]
+    rows: list[Row] = []
+    for n in sc["config"]["sizes"]:
+        d, g = r[f"direct-{n}"], r[f"gateway-{n}"]
+        name = f"history @{n:,}"
+        dv, gv = d["ttft_ms"]["p50"], g["ttft_ms"]["p50"]
+        added = None if dv is None or gv is None else gv - dv
+        limit = 0.0 if n >= HISTORY_AT_OR_BELOW_DIRECT_FROM else HISTORY_ADDED_P50_MS
+        rows.append(
+            Row(
+                name,
+                "first token P50 ms",
+                _num(dv),
+                "",
+                _num(gv),
+                "-" if added is None else f"{added:+.2f} ms",
+                f"<= {limit:+g} ms vs direct",
+                None if added is None else added <= limit,
+            )
+        )
+        rows.append(Row(name, "first token P99 ms", _num(d["ttft_ms"]["p99"]), "", _num(g["ttft_ms"]["p99"])))
+        cpu = [_num(d.get("cpu_ms_per_turn")), _num(g.get("cpu_ms_per_turn"))]
+        rows.append(Row(name, "CPU ms/turn (direct: the SDK client's)", cpu[0], "", cpu[1]))
+        errors = [_errors(x) for x in (d, g)]
+        rows.append(Row(name, "errors", str(errors[0]), "", str(errors[1]), "", "0", errors[1] == 0))
+    return rows
+
+
 def build_rows(results: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     for key, sc in results.items():
@@ -231,6 +265,8 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             rows.extend(_idle_rows(sc))
         elif sc["kind"] == "queries":
             rows.extend(_query_rows(sc))
+        elif sc["kind"] == "history":
+            rows.extend(_history_rows(sc))
     return rows
 
 

@@ -33,7 +33,7 @@ from .procs import (
     stopped_on_failure,
     tree_cpu_seconds,
 )
-from .scenarios import IdleScenario, Plan, QueryScenario, StreamScenario
+from .scenarios import HistoryScenario, IdleScenario, Plan, QueryScenario, StreamScenario
 
 LOAD_REPLY_GRACE_S = 180.0
 SEED_TIMEOUT_S = 1800.0
@@ -143,7 +143,12 @@ class Runner:
 
     @contextlib.asynccontextmanager
     async def stack(
-        self, label: str, upstream: UpstreamConfig | None, bare: bool, query: QueryScenario | None = None
+        self,
+        label: str,
+        upstream: UpstreamConfig | None,
+        bare: bool,
+        query: QueryScenario | None = None,
+        history: tuple[int, ...] = (),
     ) -> AsyncIterator[tuple[Stack, dict[str, Any] | None]]:
         """Fake upstream (if any), bare relay (if asked) and a gateway on a fresh, optionally seeded, database."""
         folder = self._dir(label)
@@ -155,7 +160,9 @@ class Runner:
             upstream_url = fake_url() if upstream is not None else "http://127.0.0.1:9"
             tasks: list[asyncio.Task[Any]] = []
             try:
-                seeding = asyncio.create_task(seed(db_url, home, query, folder)) if query is not None else None
+                seeding = None
+                if query is not None or history:
+                    seeding = asyncio.create_task(seed(db_url, home, query, folder, history))
                 fake_task = asyncio.create_task(start_fake(upstream, upstream_url, folder)) if upstream else None
                 bare_task = asyncio.create_task(start_bare(upstream_url, folder)) if bare else None
                 tasks = [t for t in (seeding, fake_task, bare_task) if t is not None]
@@ -176,10 +183,13 @@ class Runner:
                 await stack.stop()
 
 
-async def seed(db_url: str, home: Path, q: QueryScenario, log_dir: Path) -> dict[str, Any]:
+async def seed(
+    db_url: str, home: Path, q: QueryScenario | None, log_dir: Path, history: tuple[int, ...] = ()
+) -> dict[str, Any]:
     """`python -m bench.seed` in its own process; its last output is the JSON of what it made."""
-    argv = [sys.executable, "-m", "bench.seed", "--db-url", db_url, "--home", str(home), "--sessions", str(q.sessions)]
-    argv += ["--usage", str(q.usage_rows), "--messages", str(q.long_session_messages)]
+    sessions, usage, messages = (q.sessions, q.usage_rows, q.long_session_messages) if q is not None else (0, 0, 0)
+    argv = [sys.executable, "-m", "bench.seed", "--db-url", db_url, "--home", str(home), "--sessions", str(sessions)]
+    argv += ["--usage", str(usage), "--messages", str(messages), "--history", ",".join(map(str, history))]
     p = await spawn("seed", argv, log_dir, stdout=asyncio.subprocess.PIPE)
     async with stopped_on_failure(p):
         out, _ = await asyncio.wait_for(p.proc.communicate(), SEED_TIMEOUT_S)
@@ -281,6 +291,22 @@ def query_requests(seeded: dict[str, Any]) -> list[dict[str, Any]]:
     return reqs
 
 
+async def run_history(load: LoadGen, stack: Stack, sc: HistoryScenario, log: Callable[[str], None]) -> dict[str, Any]:
+    """Each length in turn, direct then gateway; the gateway's sessions were seeded before it started."""
+    assert stack.fake is not None and stack.gateway is not None
+    results: dict[str, Any] = {}
+    for n in sc.sizes:
+        for target, proc in (("direct", stack.fake), ("gateway", stack.gateway)):
+            log(f"bench:   history {n} -> {target}")
+            # Direct: the CPU is this load generator's (the SDK building each request); gateway: the gateway's.
+            pid = load.proc.pid if target == "direct" else proc.pid
+            cmd = {"op": "history", "target": target, "url": proc.url, "messages": n, "turns": sc.turns}
+            cmd |= {"warmup": sc.warmup, "pid": pid}
+            results[f"{target}-{n}"] = await load.run(cmd, LOAD_REPLY_GRACE_S + sc.turns * 10)
+            stack.check_alive()
+    return {"kind": "history", "name": sc.name, "config": asdict(sc), "results": results}
+
+
 async def run_queries(load: LoadGen, stack: Stack, sc: QueryScenario, seeded: dict[str, Any]) -> dict[str, Any]:
     assert stack.gateway is not None
     cmd = {
@@ -333,12 +359,19 @@ async def _run_fresh(runner: Runner, load: LoadGen, plan: Plan, out: dict[str, A
             assert seeded is not None
             log(f"bench: seeded in {seeded['seconds']} s; queries ...")
             out["queries"] = await run_queries(load, stack, q, seeded)
+    if plan.history is not None:
+        h = plan.history
+        log(f"bench: history ({', '.join(map(str, h.sizes))} earlier messages, {h.turns} turns each) ...")
+        async with runner.stack("history", h.upstream, bare=False, history=h.sizes) as (stack, _):
+            out["history"] = await run_history(load, stack, h, log)
 
 
 async def _run_shared(runner: Runner, load: LoadGen, plan: Plan, out: dict[str, Any]) -> None:
     log = runner.log
-    upstream = plan.streams[0].upstream if plan.streams else (plan.idle.upstream if plan.idle else None)
-    async with runner.stack("shared", upstream, bare=True, query=plan.queries) as (stack, seeded):
+    upstreams = [s.upstream for s in plan.streams] + [x.upstream for x in (plan.idle, plan.history) if x is not None]
+    upstream = upstreams[0] if upstreams else None
+    sizes = plan.history.sizes if plan.history is not None else ()
+    async with runner.stack("shared", upstream, bare=True, query=plan.queries, history=sizes) as (stack, seeded):
         log("bench: processes up")
         for sc in plan.streams:
             log(f"bench: {sc.name} ...")
@@ -349,3 +382,6 @@ async def _run_shared(runner: Runner, load: LoadGen, plan: Plan, out: dict[str, 
         if plan.queries is not None and seeded is not None:
             log("bench: queries ...")
             out["queries"] = await run_queries(load, stack, plan.queries, seeded)
+        if plan.history is not None:
+            log("bench: history ...")
+            out["history"] = await run_history(load, stack, plan.history, log)

@@ -63,6 +63,22 @@ class QueryScenario:
 
 
 @dataclass(frozen=True)
+class HistoryScenario:
+    """One client continuing a conversation of each length in `sizes` for `turns` turns (after `warmup`), straight
+    to the upstream and through the gateway (bench/history.py)."""
+
+    key: str
+    upstream: UpstreamConfig
+    sizes: tuple[int, ...]
+    turns: int
+    warmup: int = 3
+
+    @property
+    def name(self) -> str:
+        return "history"
+
+
+@dataclass(frozen=True)
 class Plan:
     streams: tuple[StreamScenario, ...]
     idle: IdleScenario | None
@@ -70,6 +86,7 @@ class Plan:
     quick: bool = False
     keys: tuple[str, ...] = field(default=())
     workers: int = 1  # the gateway's `serve --workers`
+    history: HistoryScenario | None = None
 
 
 # Model-like pacing: 20 ms between deltas is 50 tokens/s, about what current models stream at.
@@ -97,6 +114,8 @@ FULL = Plan(
     ),
     idle=IdleScenario("idle", UpstreamConfig(words=20, delay_ms=5), connections=1000, streaming=500),
     queries=QueryScenario("queries", usage_rows=1_000_000, sessions=100_000, long_session_messages=1000, runs=40),
+    # Issue 15: a session's length must not cost the first token; 60 turns at each length, 10-word replies.
+    history=HistoryScenario("history", UpstreamConfig(words=10, delay_ms=2), sizes=(0, 200, 1000), turns=60),
 )
 
 # --quick: one upstream cadence for everything, so one set of processes serves every scenario in a few seconds.
@@ -114,9 +133,10 @@ QUICK = Plan(
     idle=IdleScenario("idle", QUICK_UPSTREAM, connections=50, streaming=25, settle_s=0.1),
     queries=QueryScenario("queries", usage_rows=2000, sessions=300, long_session_messages=50, runs=5, warmup=1),
     quick=True,
+    history=HistoryScenario("history", QUICK_UPSTREAM, sizes=(0, 20), turns=4, warmup=1),
 )
 
-KEYS = ("ttft1", "ttft50", "turns", "deltas", "messages", "idle", "queries")
+KEYS = ("ttft1", "ttft50", "turns", "deltas", "messages", "idle", "queries", "history")
 
 
 def make_plan(quick: bool, only: list[str] | None, duration_s: float | None, workers: int = 1) -> Plan:
@@ -135,4 +155,5 @@ def make_plan(quick: bool, only: list[str] | None, duration_s: float | None, wor
         quick=quick,
         keys=keys,
         workers=workers,
+        history=base.history if "history" in keys else None,
     )

@@ -26,6 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.store.db import create_engine, upgrade_to_head
 from gateway.store.models import UsageRecord
 
+from .history import history_session_id
+from .history import session_rows as history_session_rows
+
 BATCH = 5000
 WORDS = (
     "the gateway keeps every session message and usage record in sql so history survives restarts context window "
@@ -234,6 +237,7 @@ async def seed_database(
     home: Path | None = None,
     days: int = 180,
     seed: int = 7,
+    histories: tuple[int, ...] = (),
 ) -> Seeded:
     """Create the schema (as the gateway's start-up does), then bulk-insert everything; returns what was made."""
     started = time.perf_counter()
@@ -264,6 +268,11 @@ async def seed_database(
             await _insert_dicts(engine, "sessions", [session])
             await _insert_dicts(engine, "messages", messages)
             long_id = session["id"]
+        for n in histories:  # the history scenario's conversations (bench/history.py)
+            if n:
+                session, messages = history_session_rows(history_session_id(n), n, now)
+                await _insert_dicts(engine, "sessions", [session])
+                await _insert_dicts(engine, "messages", messages)
     finally:
         await engine.dispose()
     return Seeded(
@@ -284,6 +293,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--usage", type=int, default=1_000_000)
     parser.add_argument("--messages", type=int, default=1000, help="length of the one long session")
+    parser.add_argument("--history", default="", help="comma-separated lengths of the history scenario's sessions")
     args = parser.parse_args()
     seeded = asyncio.run(
         seed_database(
@@ -292,6 +302,7 @@ def main() -> None:
             usage_count=args.usage,
             long_session_messages=args.messages,
             home=args.home,
+            histories=tuple(int(n) for n in args.history.split(",") if n),
         )
     )
     print(json.dumps(asdict(seeded), indent=2))

@@ -132,6 +132,39 @@ async def test_inspected_sections_are_the_request_sent(
     assert frame["problems"] == []
 
 
+async def test_a_long_session_sends_what_the_inspector_shows(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    """Issue 15: a session's turns are kept and encoded once between its requests (assembly_cache.py). Deep into a
+    session, what is sent is still, byte for byte, the compact JSON of what the inspector shows."""
+    make_agent(settings.home)
+    session_id = await new_session(ws, "Turn 0: the first of many.", agentId="writer")
+    for n in range(1, 40):
+        frames = await chat(ws, f'Turn {n}: ünïcode ☃ and "quotes".', sessionId=session_id)
+        assert frames[-1]["type"] == "chat.stream.end", frames[-1]
+    draft = "The last question, for now."
+    frame = await inspect(ws, session_id, content=draft)
+    frames = await chat(ws, draft, sessionId=session_id)
+    assert frames[-1]["type"] == "chat.stream.end"
+    sent = fake.requests[-1]
+    sections = by_name(frame)
+    assert sections["history"]["itemCount"] == len(sent.body["messages"]) == 81
+    assert sections["history"]["content"] == sent.body["messages"]
+    assert sections["history"]["byteCount"] == len(compact(sent.body["messages"]).encode())
+    # The body is the inspected request's compact JSON, byte for byte.
+    system = [{"type": "text", "text": sections[name]["content"]} for name in SYSTEM_PARTS if sections[name]["content"]]
+    system[-1]["cache_control"] = {"type": "ephemeral"}
+    shown = {
+        "model": frame["model"],
+        "max_tokens": frame["maxTokens"],
+        "system": system,
+        "messages": sections["history"]["content"],
+        "tools": sections["tools"]["content"],
+        "stream": True,
+    }
+    assert sent.raw == compact(shown).encode()
+
+
 # 3. Sections in order, zeros when empty, totals are sums, cost is tokens x input price.
 
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from gateway import errors
 from gateway.billing.accounting import Priced
 from gateway.context.assembly import Assembled
+from gateway.context.request_body import request_body
 from gateway.protocol import RequestId
 from gateway.store import TurnRows
 from gateway.store.models import UsageRecord
@@ -73,6 +74,7 @@ class Relay:
         Raises the mapped GatewayError when it fails for good."""
         s = self.s
         attempt = 0
+        body = request_body(self.assembled)
         while True:
             self.reply = Reply()
             self.sent_at = s.clock.now()
@@ -81,7 +83,7 @@ class Relay:
                 # `async with` closes the upstream response the moment we stop reading, cancel included, so
                 # Anthropic stops generating (and billing) at once.
                 self.obs.upstream_request()
-                async with await s.upstream.stream(self.assembled.params) as stream:
+                async with await s.upstream.stream(body) as stream:
                     self.obs.upstream_headers()
                     async for event in stream:
                         received = time.perf_counter()

@@ -8,6 +8,7 @@ from typing import Any
 from gateway.billing.budgets import BudgetGuard
 from gateway.billing.prices import PriceBook
 from gateway.clock import Clock
+from gateway.context.assembly_cache import TurnCache
 from gateway.context.tokens import TokenCounter
 from gateway.context.workspace import WorkspaceLoader
 from gateway.settings import Settings
@@ -37,6 +38,8 @@ class Services:
     held: HeldReplies = field(default_factory=HeldReplies)  # replies waiting for the database to come back
     # Turns running in this process, by session (typed loosely: chat.turn imports this module).
     live_turns: dict[str, Any] = field(default_factory=dict)
+    # Sessions' history turns kept between their requests: a turn assembles and encodes only what is new.
+    assembly: TurnCache = field(default_factory=TurnCache)
 
     @property
     def clock(self) -> Clock:

@@ -183,7 +183,8 @@ class ToolLoop:
         if self.results is not None:
             await self._continue(None)  # the results are final: the next request carries them
         assembled = assemble(ctx.workspace, self.history, pending=None, model=self.assembled.model,
-                             max_tokens=ctx.max_tokens, tools=ctx.toolbox.definitions)  # fmt: skip
+                             max_tokens=ctx.max_tokens, tools=ctx.toolbox.definitions,
+                             cache=self.s.assembly)  # fmt: skip
         if final:
             assembled = dataclasses.replace(assembled, params={**assembled.params, "tool_choice": {"type": "none"}})
         estimate = estimate_input_tokens(await measure(assembled, self.s.tokens))

@@ -165,7 +165,8 @@ class Turn:
         toolbox = await s.tools.toolbox(workspace, req.get("tools"))
         self.ctx = TurnContext(workspace, toolbox, history, max_tokens)
         pending, tools = req.get("content"), toolbox.definitions
-        assembled = assemble(workspace, history, pending=pending, model=model, max_tokens=max_tokens, tools=tools)
+        assembled = assemble(workspace, history, pending=pending, model=model, max_tokens=max_tokens, tools=tools,
+                             cache=s.assembly)  # fmt: skip
         estimate = estimate_input_tokens(await measure(assembled, s.tokens))
         if session is not None:
             before = Before(session, history, workspace, model, max_tokens, pending, tools, estimate)

@@ -81,15 +81,14 @@ class EventStream:
     Use it as an async context manager: leaving closes the HTTP response, so the upstream stops generating.
     """
 
-    def __init__(self, manager: Any, response: Any) -> None:
-        self._manager = manager
-        self._http: httpx2.Response = response.http_response
+    def __init__(self, response: httpx2.Response) -> None:
+        self._http = response
 
     async def __aenter__(self) -> EventStream:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._manager.__aexit__(*exc_info)
+        await self._http.aclose()
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         async for sse in anthropic.AsyncStream.raw_events(self._http):
@@ -151,12 +150,14 @@ class Upstream:
             self._client_key = key
         return self._client
 
-    async def stream(self, params: dict[str, Any]) -> EventStream:
-        """The event stream for one request (`params` as the context assembler built them); raises the SDK's status
-        errors before the first byte, as `messages.create` does. Use it as an async context manager."""
-        manager = self.client().messages.with_streaming_response.create(**params, stream=True)
-        response = await manager.__aenter__()
-        return EventStream(manager, response)
+    async def stream(self, body: bytes) -> EventStream:
+        """The event stream for one streamed `POST /v1/messages` whose JSON body is `body` (with `"stream":true`;
+        gateway/context/request_body.py); raises the SDK's status errors before the first byte, as `messages.create`
+        does. Use it as an async context manager. The body goes as it is: the SDK's auth, headers, timeouts and
+        errors apply, its copying and encoding of the parameters does not (issue 15)."""
+        options: Any = {"headers": {"content-type": "application/json", RAW_RESPONSE_HEADER: "stream"}}
+        response = await self.client().post("/v1/messages", cast_to=httpx2.Response, content=body, options=options)
+        return EventStream(response)
 
     async def forward(
         self, method: str, path: str, *, content: bytes | None, headers: dict[str, str], params: dict[str, str]

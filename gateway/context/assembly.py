@@ -12,6 +12,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .assembly_cache import Prefix, TurnCache
 from .compaction import split_history, summary_turns
 from .editing import Edit, EditPlan, Edits, edit_blocks, plan_edits, tool_names
 from .pairing import pair_tool_blocks
@@ -55,6 +56,9 @@ class Section:
     # parts' byte counts add up to the array's exactly. None: a list of its own ("[", "]" and its commas).
     array_bytes: int | None = None
     details: tuple[tuple[str, Any], ...] = ()  # more fields for the inspector (the summary's message id, ...)
+    # History only: its first turns as kept from the session's earlier requests (assembly_cache.py), whose sizes
+    # and JSON are known already.
+    prefix: Prefix | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,12 @@ def history_messages(
     return turns, keys
 
 
+def _unedited(
+    history: Sequence[StoredMessage], pending: str | None
+) -> tuple[list[dict[str, Any]], list[tuple[Hashable, ...] | None]]:
+    return history_messages(history, pending)
+
+
 # The API refuses cache_control on thinking blocks and on empty text blocks; the breakpoint goes on the last block
 # that may carry one (the prefix before it is cached all the same).
 _UNMARKABLE = ("thinking", "redacted_thinking")
@@ -133,18 +143,23 @@ def _markable(block: dict[str, Any]) -> bool:
     return not (block.get("type") == "text" and not block.get("text"))
 
 
-def _mark_prefix(turns: list[dict[str, Any]], keys: list[tuple[Hashable, ...] | None], marker: dict[str, str]) -> None:
-    """Cache breakpoint on the last block before the newest user turn: the stable history prefix."""
+def _mark_prefix(
+    turns: list[dict[str, Any]], keys: list[tuple[Hashable, ...] | None], marker: dict[str, str]
+) -> int | None:
+    """Cache breakpoint on the last block before the newest user turn: the stable history prefix. Returns the index
+    of the turn it went on. The turn is copied, not changed: turns may be kept for the session's next request."""
     for index in range(len(turns) - 2, -1, -1):
         blocks = turns[index]["content"]
         for i in range(len(blocks) - 1, -1, -1):
             if _markable(blocks[i]):
-                blocks[i] = {**blocks[i], "cache_control": marker}
+                marked = [*blocks[:i], {**blocks[i], "cache_control": marker}, *blocks[i + 1 :]]
+                turns[index] = {**turns[index], "content": marked}
                 key = keys[index]
                 if key is not None:
                     # The same turn with a marker is different JSON, so it is measured under another key.
                     keys[index] = (*key, ("cache_control", i, *marker.items()))
-                return
+                return index
+    return None
 
 
 def _summary_part(
@@ -173,10 +188,12 @@ def assemble(
     max_tokens: int,
     tools: Sequence[dict[str, Any]] | None = None,
     edit_plan: EditPlan | None = None,
+    cache: TurnCache | None = None,
 ) -> Assembled:
     """The request. `tools`: the definitions to send (a turn's toolbox: built-ins, tools.json, MCP and the client's
     own); None sends the workspace's tools.json as it is. `edit_plan`: what context editing leaves out; None plans it
-    from `history` and the agent's settings."""
+    from `history` and the agent's settings. `cache`: where a session's turns are kept between its requests (a
+    request without context editing then assembles only what is new)."""
     marker = _cache_marker(workspace.cache_mode)
     system: list[dict[str, Any]] = [{"type": "text", "text": workspace.system_prompt}]
     memory_text = f"{MEMORY_HEADING}\n\n{workspace.memory}" if workspace.memory else ""
@@ -191,14 +208,23 @@ def assemble(
         # Tools come before system in the prompt, so one breakpoint here caches tools and system together.
         system[-1] = {**system[-1], "cache_control": marker}
 
-    summary, visible = split_history(history)
-    if edit_plan is None:
-        edit_plan = plan_edits(visible, workspace.context, pending=pending is not None)
     edits = Edits()
-    turns, keys = history_messages(visible, pending, edit_plan, edits)
+    prefix: Prefix | None = None
+    config = workspace.context
+    editing = config.clear_tool_results or config.clear_thinking if edit_plan is None else bool(edit_plan)
+    if cache is not None and not editing:
+        kept = cache.history_turns(history, pending, _unedited)
+        summary, compacted, turns, keys, prefix = kept.summary, kept.compacted, kept.turns, kept.keys, kept.prefix
+    else:
+        summary, visible = split_history(history)
+        if edit_plan is None:
+            edit_plan = plan_edits(visible, config, pending=pending is not None)
+        turns, keys = history_messages(visible, pending, edit_plan, edits)
+        compacted = sum(1 for message in history if message.compacted_by is not None)
     if marker is not None:
-        _mark_prefix(turns, keys, marker)
-    compacted = sum(1 for message in history if message.compacted_by is not None)
+        marked = _mark_prefix(turns, keys, marker)
+        if prefix is not None and marked is not None and marked < prefix.turns:
+            prefix = None  # the marker fell inside the kept turns (a reply that failed): not the kept JSON there
     head, head_keys, details = _summary_part(summary, marker, compacted)
     tools = [dict(tool) for tool in (workspace.tools if tools is None else tools)]
 
@@ -220,6 +246,13 @@ def assemble(
             array_bytes=len(head) + 1 if head else None,
             details=details,
         ),
-        Section("history", turns, len(turns), item_keys=tuple(keys), array_bytes=len(turns) if head else None),
+        Section(
+            "history",
+            turns,
+            len(turns),
+            item_keys=tuple(keys),
+            array_bytes=len(turns) if head else None,
+            prefix=prefix,
+        ),
     )
     return Assembled(params, sections, model, workspace.cache_mode, tuple(edits.made))

@@ -14,6 +14,7 @@ from gateway.billing.prices import PriceBook
 from gateway.store.models import TokenCalibration
 
 from .assembly import Assembled, Section
+from .assembly_cache import Prefix
 from .context_config import ContextConfig
 from .tokens import COUNTER_NAME, TokenCounter, utf8_len
 from .window import effective_window
@@ -38,25 +39,47 @@ async def section_size(section: Section, counter: TokenCounter) -> tuple[int, in
     if isinstance(content, str):
         return utf8_len(content), await counter.count_async(content)
     if section.item_keys:
-        return await _turns_size(content, section.item_keys, counter, section.array_bytes)
+        return await _turns_size(content, section.item_keys, counter, section.array_bytes, section.prefix)
     tokens, size = await counter.measure_json_async(content)
     return size, tokens
 
 
 async def _turns_size(
-    turns: list[Any], keys: Sequence[Hashable | None], counter: TokenCounter, array_bytes: int | None = None
+    turns: list[Any],
+    keys: Sequence[Hashable | None],
+    counter: TokenCounter,
+    array_bytes: int | None = None,
+    prefix: Prefix | None = None,
 ) -> tuple[int, int]:
-    """Turn by turn, each under its identity, so only new or changed turns are serialized and counted.
+    """Turn by turn, each under its identity, so only new or changed turns are serialized and counted; the turns a
+    session kept from its earlier requests (`prefix`) as one sum, known since the request that kept them.
 
-    Warm, that is a dictionary lookup per turn. Cold (a long session's first request after a restart) tiktoken
+    Warm, that is a dictionary lookup per new turn. Cold (a long session's first request after a restart) tiktoken
     needs ~0.2 s per MB, so the loop is given back every few milliseconds and other connections' streams keep
     flowing. (A worker thread was tried: it fought the loop for the GIL and stalled it longer.)
     """
     total_bytes = len(turns) + 1 if array_bytes is None else array_bytes  # "[", "]" and the commas between turns
-    total_tokens = 0
+    total_tokens, start = 0, 0
+    if prefix is not None:
+        if prefix.measured is None:
+            base = prefix.base
+            known = base.measured if base is not None else None
+            first = base.turns if base is not None and known is not None else 0
+            size, tokens = await _sum_turns(turns[first : prefix.turns], keys[first : prefix.turns], counter)
+            prefix.measured = (size + known[0], tokens + known[1]) if known is not None else (size, tokens)
+            prefix.settle()
+        total_bytes, total_tokens = total_bytes + prefix.measured[0], prefix.measured[1]
+        start = prefix.turns
+    size, tokens = await _sum_turns(turns[start:], keys[start:], counter)
+    return total_bytes + size, total_tokens + tokens
+
+
+async def _sum_turns(turns: Sequence[Any], keys: Sequence[Hashable | None], counter: TokenCounter) -> tuple[int, int]:
+    total_bytes = total_tokens = 0
     deadline = time.perf_counter() + YIELD_EVERY_S
     for turn, key in zip(turns, keys, strict=True):
-        tokens, size = await counter.measure_json_async(turn, key)
+        known = counter.known(key)
+        tokens, size = known if known is not None else await counter.measure_json_async(turn, key)
         total_bytes += size
         total_tokens += tokens
         if time.perf_counter() > deadline:

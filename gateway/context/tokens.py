@@ -122,6 +122,10 @@ class TokenCounter:
         self._keep(key, measured)
         return measured
 
+    def known(self, key: Hashable | None) -> tuple[int, int] | None:
+        """(tokens, bytes) measured under `key` before, if still remembered."""
+        return self._known(key)
+
     def _known(self, key: Hashable | None) -> tuple[int, int] | None:
         if key is None:
             return None
