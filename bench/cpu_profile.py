@@ -57,7 +57,7 @@ async def run(args: argparse.Namespace) -> None:
     sizes = (args.messages,) if args.scenario == "history" else ()
     if sizes:
         await seed(db_url, home, None, work, sizes)
-    words, delay = (10, 2.0) if args.scenario == "history" else (20, 0.0)
+    words, delay = (10, 2.0) if args.scenario == "history" else (args.words, 0.0)
     upstream_url = fake_url()
     fake = await start_fake(UpstreamConfig(words=words, delay_ms=delay), upstream_url, work)
     port = free_port()
@@ -92,7 +92,8 @@ async def run(args: argparse.Namespace) -> None:
     if "cpu_ms_per_turn" in result:
         print(f"CPU per recorded turn: {result['cpu_ms_per_turn']} ms; first token {result['ttft_ms']}")
     if "end_ms" in result:
-        print(f"last delta to end: {result['end_ms']}")
+        print(f"last delta to end: {result['end_ms']}; turns/s {result.get('turns_per_s')}")
+        print(f"stalled: {result.get('stalled')}")
     if args.profile and stats.exists():
         p = pstats.Stats(str(stats))
         p.sort_stats("tottime").print_stats(args.top)
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--turns", type=int, default=60)
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--words", type=int, default=20, help="reply length in the turns scenario (deltas: 200)")
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--db-url")
     parser.add_argument("--top", type=int, default=40)

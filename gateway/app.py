@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -73,6 +74,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     services: Services | None = None
     locks: SessionLocks | None = None
     database: Database | None = None
+    switch_interval = sys.getswitchinterval()
+    if settings.gil_switch_ms > 0:
+        sys.setswitchinterval(settings.gil_switch_ms / 1000)
     try:
         await upgrade_to_head(engine)
         database = Database(engine, make_sessionmaker(engine), sqlite_synchronous=settings.sqlite_synchronous)
@@ -104,6 +108,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         if database is not None:
             await database.close()
         await engine.dispose()
+        sys.setswitchinterval(switch_interval)
 
 
 async def on_shutdown(app: web.Application) -> None:

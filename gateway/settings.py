@@ -107,6 +107,10 @@ class Settings:
     # FULL: a commit is on disk before it is acknowledged (power loss loses nothing committed). NORMAL: faster; under
     # WAL a power loss may drop the last commits, never corrupts.
     sqlite_synchronous: str = "FULL"
+    # How long a thread waiting for the GIL waits before the running one is asked to let go (sys.setswitchinterval;
+    # CPython's default is 5 ms). The database thread gives the GIL up at each SQLite call and asks for it back: at
+    # 5 ms a wait, a busy event loop held a turn's writes, and so its end frame, back by up to 1.6 s (issue 15).
+    gil_switch_ms: float = 0.5
     db_pool_size: int = 5
     db_max_overflow: int = 5
     log_format: str = "text"
@@ -189,6 +193,7 @@ class Settings:
             allowed_origins=origins,
             auth_timeout_s=_float(env, "AGENTSPACE_AUTH_TIMEOUT_S", 5.0),
             sqlite_synchronous=_choice(env, "AGENTSPACE_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS),
+            gil_switch_ms=_float(env, "AGENTSPACE_GIL_SWITCH_MS", 0.5),
             db_pool_size=_int(env, "AGENTSPACE_DB_POOL_SIZE", 5),
             db_max_overflow=_int(env, "AGENTSPACE_DB_MAX_OVERFLOW", 5),
             log_format=env.get("AGENTSPACE_LOG_FORMAT") or "text",

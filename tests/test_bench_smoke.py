@@ -32,7 +32,7 @@ def test_quick_benchmark_runs_every_scenario_cleanly(tmp_path: Path) -> None:
     assert "gateway vs" in proc.stdout  # the table was printed
     report = json.loads(out.read_text())
     scenarios = report["scenarios"]
-    assert set(scenarios) == {*STREAMING, "messages", "idle", "queries"}
+    assert set(scenarios) == {*STREAMING, "messages", "idle", "queries", "history"}
     assert report["machine"]["nproc"] >= 1 and report["rows"]
 
     for key in STREAMING:
@@ -56,6 +56,14 @@ def test_quick_benchmark_runs_every_scenario_cleanly(tmp_path: Path) -> None:
         assert idle["pongs"] == idle["connections"], idle
         assert idle["streams_finished"] == idle["streaming"] and idle["stream_errors"] == {}, idle
         assert idle["rss_idle_kb"] > 0
+
+    # A session's length against the first token: each length, direct and through the gateway, every turn done.
+    history = scenarios["history"]
+    for n in history["config"]["sizes"]:
+        for target in ("direct", "gateway"):
+            result = history["results"][f"{target}-{n}"]
+            assert result["errors"] == {} and result["turns_total"] == history["config"]["turns"] + 1, (n, result)
+            assert result["ttft_ms"]["n"] == history["config"]["turns"] and result["cpu_ms_per_turn"] >= 0
 
     queries = scenarios["queries"]
     runs = queries["config"]["runs"]
