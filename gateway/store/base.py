@@ -7,9 +7,10 @@ in SQLite's own threads (one event-loop hop per transaction) or on PostgreSQL th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
@@ -24,6 +25,8 @@ from .db import begin_immediate, is_connectivity_error
 from .sqlite_threads import SqliteThreads
 
 T = TypeVar("T")
+# Writes in one group commit at most: a transaction stays short, and a failing write costs the others one retry.
+MAX_BATCH = 64
 
 
 class Database:
@@ -40,6 +43,8 @@ class Database:
         # the async engine's.
         on_file = self.dialect == "sqlite" and bool(database) and database != ":memory:"
         self._threads: SqliteThreads | None = SqliteThreads(engine.url, sqlite_synchronous) if on_file else None
+        self._queued: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     @property
     def sync_engines(self) -> list[Engine]:
@@ -55,15 +60,46 @@ class Database:
             if self._threads is not None:
                 if not write:
                     return await self._threads.run(work, write=False)
-                assert self._write_lock is not None
-                async with self._write_lock:
-                    return await self._threads.run(work, write=True)
+                return await self._write_batched(work)
             async with self.engine.begin() if write else self.engine.connect() as connection:
                 return await connection.run_sync(work)
         except (DBAPIError, SATimeoutError, OSError) as exc:
             if is_connectivity_error(exc):
                 raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
             raise
+
+    async def _write_batched(self, work: Callable[[Connection], T]) -> T:
+        """A write in SQLite's writer thread. Writes that queue up while one runs go together in the next
+        transaction (group commit): under load a turn's writes used to wait in line for a commit each, and its end
+        frame with them (issue 15). Each write still commits before its caller goes on, or fails alone."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((work, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        try:
+            return cast(T, await asyncio.shield(future))
+        except asyncio.CancelledError:
+            # As a single write did: the caller moves on only once its transaction has ended, committed or not.
+            with contextlib.suppress(Exception):
+                await future
+            raise
+
+    async def _drain(self) -> None:
+        assert self._threads is not None and self._write_lock is not None
+        while self._queued:
+            async with self._write_lock:  # the async engine's writes (Database.write) take turns with these
+                batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+                try:
+                    outcomes = await self._threads.run_batch([work for work, _ in batch])
+                except BaseException as exc:  # the thread pool is gone (shutdown): every write in it fails
+                    outcomes = [(False, exc)] * len(batch)
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(cast(BaseException, value))
 
     async def close(self) -> None:
         if self._threads is not None:

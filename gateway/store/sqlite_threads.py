@@ -55,6 +55,19 @@ class SqliteThreads:
                 await future
             raise
 
+    async def run_batch(self, works: list[Callable[[Connection], object]]) -> list[tuple[bool, object]]:
+        """Several writes in one transaction (one commit, one sync of the WAL under synchronous=FULL): each one's
+        (succeeded, result or exception). If any of them raises, the transaction is rolled back and each is run
+        again in a transaction of its own, so one write's failure never takes another's with it."""
+        job = functools.partial(_batch, self.engine, works)
+        future = asyncio.get_running_loop().run_in_executor(self._writer, job)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await future
+            raise
+
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
@@ -65,6 +78,24 @@ def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     with engine.begin() as connection:
         begin_immediate(connection)
         return work(connection)
+
+
+def _outcome(engine: Engine, work: Callable[[Connection], object]) -> tuple[bool, object]:
+    try:
+        return True, _in_transaction(engine, work)
+    except Exception as exc:
+        return False, exc
+
+
+def _batch(engine: Engine, works: list[Callable[[Connection], object]]) -> list[tuple[bool, object]]:
+    if len(works) > 1:
+        try:
+            with engine.begin() as connection:
+                results = [work(connection) for work in works]
+            return [(True, result) for result in results]
+        except Exception:
+            pass  # rolled back: each on its own below
+    return [_outcome(engine, work) for work in works]
 
 
 def _read_only(engine: Engine, work: Callable[[Connection], T]) -> T:
