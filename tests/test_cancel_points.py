@@ -13,6 +13,7 @@ import pytest
 
 from gateway.billing.budgets import BudgetGuard
 from gateway.chat import turn as turn_module
+from gateway.chat.relay import Relay
 from gateway.errors import DatabaseUnavailable
 from gateway.server.handlers import CONNECTIONS, SERVICES
 from gateway.store.base import Database
@@ -211,3 +212,41 @@ async def test_a_turn_stopped_twice_while_its_user_turn_is_written_ends_once_as_
     assert (frames[-1]["type"], frames[-1]["code"]) == ("error", "CANCELLED")
     assert await _ended_reply(db_url, frames[-1]) is (write == "succeeds")
     await _check_after(gateway, db_url, frames, session_id)
+
+
+@pytest.mark.parametrize(("reason", "status"), [("shutdown", "interrupted"), ("cancelled", "cancelled")])
+async def test_a_stop_landing_when_the_reply_has_just_finished_streaming_keeps_the_whole_reply(
+    gateway_factory: Factory, settings: Any, db_url: str, monkeypatch: pytest.MonkeyPatch, reason: str, status: str
+) -> None:
+    """Seen with `serve --workers 2`: a SIGTERM landing after the upstream's last event but before the reply was
+    settled ended the turn with `error CANCELLED`, as if nothing had been saved. The reply was whole and paid for: the
+    client gets chat.stream.end saying why the turn stopped, and SQL holds the whole text and its final usage."""
+    gateway = await gateway_factory(settings)
+    ws = await gateway.ws()
+    original = Relay.usage_begun
+    fired: list[int] = []
+
+    async def hooked(self: Relay) -> None:
+        victim = next((c for c in gateway.app[CONNECTIONS] if c.turn_task is not None and not c.turn_task.done()), None)
+        if not fired and victim is not None and victim.turn is not None and victim.turn_task is not None:
+            fired.append(1)
+            victim.turn.cancel_reason = reason  # as Connection.stop_turn does, before it cancels
+            victim.turn_task.cancel()
+        await original(self)
+
+    monkeypatch.setattr(Relay, "usage_begun", hooked)
+    await send(ws, {"type": "chat.send", "id": "victim", "content": "hello"})
+    frames = await collect(ws)
+    monkeypatch.undo()
+    assert fired
+    streamed = "".join(f["delta"] for f in frames if f["type"] == "chat.stream.delta")
+    assert streamed
+    terminal = [f for f in frames if f["type"] in TERMINAL]
+    assert len(terminal) == 1 and terminal[0]["type"] == "chat.stream.end", terminal
+    assert terminal[0]["status"] == status
+    assert terminal[0]["usage"]["outputTokens"] > 1
+    [reply] = await sql_rows(db_url, "SELECT status, text FROM messages WHERE role = 'assistant'")
+    assert (reply["status"], reply["text"]) == (status, streamed)
+    [usage] = await sql_rows(db_url, "SELECT status, estimated_output_tokens FROM usage_records")
+    assert usage["estimated_output_tokens"] in (None, 0)  # Anthropic's own count arrived: nothing estimated
+    await _check_after(gateway, db_url, frames, terminal[0]["sessionId"])

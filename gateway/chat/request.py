@@ -95,14 +95,23 @@ async def stream_request(turn: Turn, rows: TurnRows, assembled: Assembled, step:
         failure = errors.UpstreamTimeout("the request took longer than the total upstream timeout")
         status = "failed"
     if status == "complete":
-        await checkpointer.stop()
-        await relay.usage_begun()  # before the final row is written, which then finds it
-        sample_output(s, assembled.model, relay.reply)
+        # The reply is whole and paid for: a stop landing now (shutdown, a late chat.cancel) must not turn it into a
+        # CANCELLED error with nothing saved. It is saved whole, with the status that says the turn was stopped (so a
+        # tool loop goes no further).
+        if await unstoppable(asyncio.ensure_future(_completed(s, checkpointer, relay, assembled.model))):
+            status = CANCEL_STATUS.get(turn.cancel_reason or "cancelled", "cancelled")
+            _uncancel()
     else:
         # Cut short: billed for what it generated. The turn ends here whatever comes, so a second cancel (shutdown
         # after a cancel) must not stop it before its reply is saved.
         await unstoppable(asyncio.ensure_future(_cut_short(s, checkpointer, relay, assembled.model)))
     return Ending(status, failure, started, relay.first_token_ms, relay.sent_at), relay
+
+
+async def _completed(s: Services, checkpointer: Checkpointer, relay: Relay, model: str) -> None:
+    await checkpointer.stop()
+    await relay.usage_begun()  # before the final row is written, which then finds it
+    sample_output(s, model, relay.reply)
 
 
 async def _cut_short(s: Services, checkpointer: Checkpointer, relay: Relay, model: str) -> None:

@@ -5,7 +5,6 @@ back: held.py). Also the end of a turn cancelled while its user turn was being w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -151,11 +150,15 @@ async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
         raise
 
 
-async def unstoppable(work: asyncio.Future[Any]) -> None:
-    """Wait for `work` to finish; a further cancel of the waiter must not leave it unjudged."""
+async def unstoppable(work: asyncio.Future[Any]) -> bool:
+    """Wait for `work` to finish; a further cancel of the waiter must not leave it unjudged. Whether one came."""
+    stopped = False
     while not work.done():
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await asyncio.wait({work})
+        except asyncio.CancelledError:
+            stopped = True
+    return stopped
 
 
 async def record_failed_attempt(
