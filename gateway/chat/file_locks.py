@@ -29,6 +29,7 @@ from pathlib import Path
 
 from gateway.errors import StreamInProgress
 
+from .locks import OnceLease
 from .pg_locks import session_key
 
 _OFFSET_MASK = (1 << 62) - 1  # off_t is signed 64-bit; start + length must stay inside it
@@ -46,18 +47,6 @@ def session_offset(session_id: str) -> int:
     return session_key(session_id) & _OFFSET_MASK
 
 
-class _FileLease:
-    def __init__(self, owner: FileSessionLocks, session_id: str) -> None:
-        self._owner = owner
-        self._session_id = session_id
-        self._released = False
-
-    async def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._owner.release(self._session_id)
-
-
 class FileSessionLocks:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -70,7 +59,7 @@ class FileSessionLocks:
     def beside(cls, database: Path) -> FileSessionLocks:
         return cls(lock_path(database))
 
-    async def acquire(self, session_id: str) -> _FileLease:
+    async def acquire(self, session_id: str) -> OnceLease:
         if session_id in self.busy:
             raise StreamInProgress(f"session {session_id} is already streaming a reply", sessionId=session_id)
         if not self._set(session_offset(session_id), lock=True):
@@ -78,7 +67,7 @@ class FileSessionLocks:
                 f"session {session_id} is streaming a reply through another gateway process", sessionId=session_id
             )
         self.busy.add(session_id)
-        return _FileLease(self, session_id)
+        return OnceLease(lambda: self.release(session_id))
 
     def release(self, session_id: str) -> None:
         if session_id in self.busy:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from gateway.errors import StreamInProgress
@@ -19,16 +20,19 @@ class SessionLocks(Protocol):
     async def close(self) -> None: ...
 
 
-class _LocalLease:
-    def __init__(self, owner: LocalSessionLocks, session_id: str) -> None:
-        self._owner = owner
-        self._session_id = session_id
-        self._released = False
+class OnceLease:
+    """A session held until `release`, which gives it back once however often it is called (a turn's end and its
+    cleanup both release). `give_back` is the flavour's own: synchronous, or a coroutine to await."""
+
+    def __init__(self, give_back: Callable[[], Awaitable[None] | None]) -> None:
+        self._give_back: Callable[[], Awaitable[None] | None] | None = give_back
 
     async def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._owner.busy.discard(self._session_id)
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            pending = give_back()
+            if pending is not None:
+                await pending
 
 
 class LocalSessionLocks:
@@ -39,7 +43,7 @@ class LocalSessionLocks:
         if session_id in self.busy:
             raise StreamInProgress(f"session {session_id} is already streaming a reply", sessionId=session_id)
         self.busy.add(session_id)
-        return _LocalLease(self, session_id)
+        return OnceLease(lambda: self.busy.discard(session_id))
 
     async def close(self) -> None:
         self.busy.clear()

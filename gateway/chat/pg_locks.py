@@ -30,6 +30,8 @@ from sqlalchemy.pool import NullPool
 from gateway.errors import DatabaseUnavailable, StreamInProgress
 from gateway.store.db import is_connectivity_error, pg_connect_args
 
+from .locks import OnceLease
+
 log = logging.getLogger(__name__)
 
 _TRY_LOCK = text("SELECT pg_try_advisory_lock(CAST(:key AS BIGINT))")
@@ -42,19 +44,6 @@ def session_key(session_id: str) -> int:
     """A stable signed 64-bit key: the same in every process and across restarts (unlike Python's hash())."""
     digest = hashlib.sha256(b"agentspace-session:" + session_id.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-class _PgLease:
-    def __init__(self, owner: PgSessionLocks, session_id: str) -> None:
-        self._owner = owner
-        self._session_id = session_id
-        self._released = False
-
-    async def release(self) -> None:
-        if not self._released:
-            self._released = True
-            # A turn being cancelled a second time must still give the session back.
-            await asyncio.shield(self._owner.release(self._session_id))
 
 
 class PgSessionLocks:
@@ -86,7 +75,7 @@ class PgSessionLocks:
             raise
         return locks
 
-    async def acquire(self, session_id: str) -> _PgLease:
+    async def acquire(self, session_id: str) -> OnceLease:
         if session_id in self.busy:
             raise StreamInProgress(f"session {session_id} is already streaming a reply", sessionId=session_id)
         self.busy.add(session_id)
@@ -107,7 +96,8 @@ class PgSessionLocks:
             raise StreamInProgress(
                 f"session {session_id} is streaming a reply through another gateway process", sessionId=session_id
             )
-        return _PgLease(self, session_id)
+        # A turn being cancelled a second time must still give the session back.
+        return OnceLease(lambda: asyncio.shield(self.release(session_id)))
 
     async def _give_back(self, asking: asyncio.Future[bool], session_id: str) -> None:
         with contextlib.suppress(Exception):
