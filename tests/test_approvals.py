@@ -68,6 +68,24 @@ async def test_allow_once_runs_the_call(ws: ClientWebSocketResponse, fake: FakeA
     assert unknown["code"] == "TOOL_CALL_NOT_FOUND"
 
 
+async def test_a_tool_input_beyond_64_bit_integers_reaches_the_client_exactly(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    """JSON has no integer limit and the model may write any number into a tool's input: the approval request (which
+    also carries a time) and the call's frame give it digit for digit, like the next upstream request does."""
+    make_agent(settings)
+    huge = 2**70
+    call = tool_use("read_skill", {"name": "pdf", "page": huge})
+    frames = await start(ws, fake, tool_reply(call), Reply(text="done"))
+    ask = frames[-1]
+    assert (ask["type"], ask["input"]) == ("chat.tool.approval", {"name": "pdf", "page": huge})
+    assert ask["expiresAt"].endswith("Z")
+    assert next(f for f in frames if f["type"] == "chat.tool.call")["input"] == {"name": "pdf", "page": huge}
+    await send(ws, {"type": "chat.tool.approve", "toolUseId": call["id"], "decision": "allow_once"})
+    assert (await collect(ws))[-1]["status"] == "complete"
+    assert fake.requests[-1].body["messages"][1]["content"][-1]["input"]["page"] == huge
+
+
 async def test_deny_becomes_an_error_result_and_the_model_goes_on(
     ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings, db_url: str
 ) -> None:

@@ -7,9 +7,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from aiohttp import ClientWebSocketResponse
 
 from gateway.errors import GatewayError
 from gateway.protocol import dump, parse_frame, parse_time
+from tests.conftest import request
+
+KNOWN = (
+    "chat.send, chat.tool.approve, chat.tool.result, session.pending, chat.cancel, context.inspect, session.compact, "
+    "usage.query, session.list, session.history, session.delete, agent.list, auth, ping"
+)
 
 
 def refusal(text: str) -> tuple[str, str, str | None]:
@@ -79,16 +86,40 @@ def refusal(text: str) -> tuple[str, str, str | None]:
             "content",
         ),
         ('{"type":"session.delete"}', "session.delete: field 'sessionId' is required", "sessionId"),
+        ("[1]", "frame must be a JSON object", None),
+        (
+            '{"type":"ping","id":true}',
+            "field 'id' must be a string (at most 256 characters, no NUL or lone surrogates) or an integer",
+            "id",
+        ),
+        ('{"id":1}', "field 'type' is required and must be a string", "type"),
+        ('{"type":"chat.nope"}', "unknown type 'chat.nope'; known: " + KNOWN, "type"),
+        ('{"type":"' + "y" * 65 + '"}', "unknown type '" + "y" * 64 + "...'; known: " + KNOWN, "type"),
         ('{"type":"chat.send","content":"' + "x" * 101 + '"}', None, "content"),
     ],
 )
-def test_a_refusal_says_which_field_and_why(frame: str, message: str | None, field: str) -> None:
+def test_a_refusal_says_which_field_and_why(frame: str, message: str | None, field: str | None) -> None:
     code, said, named = refusal(frame)
     assert named == field
     if message is None:
         assert (code, said) == ("MESSAGE_TOO_LARGE", "chat.send: field 'content' has 101 characters; the limit is 100")
     else:
         assert (code, said) == ("INVALID_MESSAGE", message)
+
+
+async def test_a_refused_frame_is_answered_with_exactly_the_documented_fields(ws: ClientWebSocketResponse) -> None:
+    """The parser remembers the refused frame's id internally; the client reads it as `id` and `requestId`, nothing
+    else of the parser's bookkeeping, and no field without a value."""
+    answer = await request(ws, {"type": "chat.send", "id": "r1", "content": 5})
+    assert answer == {
+        "type": "error",
+        "id": "r1",
+        "requestId": "r1",
+        "code": "INVALID_MESSAGE",
+        "message": "chat.send: field 'content' must be a string",
+        "retryable": False,
+        "field": "content",
+    }
 
 
 @pytest.fixture
