@@ -35,6 +35,10 @@ class Checkpointer:
     def touch(self) -> None:
         self._dirty = True
 
+    @property
+    def saving(self) -> bool:
+        return self._saving is not None and not self._saving.done()
+
     async def stop(self) -> None:
         self._stopped = True
         if self._timer is not None:

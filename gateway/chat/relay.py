@@ -155,7 +155,7 @@ class Relay:
         """The provisional row is written (or its write failed: the final save inserts the row instead)."""
         if self._begun_for is not None:
             self._begun_for.ended = True
-        await wait_begun(self._begun)
+        await wait_begun(self._begun, writes_in_order=self.s.store.database.writes_in_order)
 
     async def provisional(self) -> UsageRecord | None:
         """The request's usage row as known now, output estimated from what was generated; None before its first

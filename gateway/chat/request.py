@@ -98,7 +98,14 @@ async def stream_request(turn: Turn, rows: TurnRows, assembled: Assembled, step:
         # The reply is whole and paid for: a stop landing now (shutdown, a late chat.cancel) must not turn it into a
         # CANCELLED error with nothing saved. It is saved whole, with the status that says the turn was stopped (so a
         # tool loop goes no further).
-        if await unstoppable(asyncio.ensure_future(_completed(s, checkpointer, relay, assembled.model))):
+        if not checkpointer.saving and s.store.database.writes_in_order:
+            # Nothing in _completed waits then: run inline, not as a task, which under load would cost the end frame
+            # two passes of a busy event loop (issue 15). A stop requested meanwhile is taken here.
+            await _completed(s, checkpointer, relay, assembled.model)
+            stopped = await _stop_requested()
+        else:
+            stopped = await unstoppable(asyncio.ensure_future(_completed(s, checkpointer, relay, assembled.model)))
+        if stopped:
             status = CANCEL_STATUS.get(turn.cancel_reason or "cancelled", "cancelled")
             _uncancel()
     else:
@@ -118,6 +125,18 @@ async def _cut_short(s: Services, checkpointer: Checkpointer, relay: Relay, mode
     await checkpointer.stop()
     await relay.usage_begun()
     await estimate_output(s, model, relay.reply)
+
+
+async def _stop_requested() -> bool:
+    """Whether this task has a cancel pending, taken now (Python 3.11 would deliver it at the next await anyway)."""
+    task = asyncio.current_task()
+    if task is None or not task.cancelling():
+        return False
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        return True
+    return False
 
 
 def _uncancel() -> None:

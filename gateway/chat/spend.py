@@ -149,16 +149,22 @@ class LiveUsage:
     async def settled(self, *, complete: bool) -> None:
         await self._checkpoints.stop()
         self.reply.ended = True
-        await wait_begun(self._begun)
+        await wait_begun(self._begun, writes_in_order=self.s.store.database.writes_in_order)
         if complete:
             sample_output(self.s, self.model, self.reply)
         else:
             await estimate_output(self.s, self.model, self.reply)  # cut short: billed for what it generated
 
 
-async def wait_begun(begun: asyncio.Future[None] | None) -> None:
-    """A provisional row's write has ended: written, or failed (the final save then inserts the row)."""
+async def wait_begun(begun: asyncio.Future[None] | None, *, writes_in_order: bool = False) -> None:
+    """A provisional row's write has ended: written, or failed (the final save then inserts the row). With
+    `writes_in_order` (SQLite's writer thread) there is no need to wait: the final row's write, made after this call,
+    commits after the provisional one, or the provisional one, reaching the writer after the request ended, writes
+    nothing (`UsageStore.begin`'s `wanted`). Under load the wait was most of an end frame's delay (issue 15)."""
     if begun is None:
+        return
+    if writes_in_order:
+        begun.add_done_callback(_log_failed_begin)
         return
     cancelled = False
     while not begun.done():  # a cancel of the waiter must not leave the write unjudged...
@@ -166,7 +172,11 @@ async def wait_begun(begun: asyncio.Future[None] | None) -> None:
             await asyncio.wait({begun})
         except asyncio.CancelledError:
             cancelled = True
-    if not begun.cancelled() and begun.exception() is not None:
-        log.warning("provisional usage row not written: %s", begun.exception())
+    _log_failed_begin(begun)
     if cancelled:
         raise asyncio.CancelledError  # ...nor be lost: the caller was cancelled
+
+
+def _log_failed_begin(begun: asyncio.Future[None]) -> None:
+    if not begun.cancelled() and begun.exception() is not None:
+        log.warning("provisional usage row not written: %s", begun.exception())

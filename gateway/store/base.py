@@ -7,10 +7,9 @@ in SQLite's own threads (one event-loop hop per transaction) or on PostgreSQL th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
@@ -25,8 +24,6 @@ from .db import begin_immediate, is_connectivity_error
 from .sqlite_threads import SqliteThreads
 
 T = TypeVar("T")
-# Writes in one group commit at most: a transaction stays short, and a failing write costs the others one retry.
-MAX_BATCH = 64
 
 
 class Database:
@@ -43,8 +40,6 @@ class Database:
         # the async engine's.
         on_file = self.dialect == "sqlite" and bool(database) and database != ":memory:"
         self._threads: SqliteThreads | None = SqliteThreads(engine.url, sqlite_synchronous) if on_file else None
-        self._queued: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
-        self._drainer: asyncio.Task[None] | None = None
 
     @property
     def sync_engines(self) -> list[Engine]:
@@ -54,13 +49,15 @@ class Database:
             engines.append(self._threads.engine)
         return engines
 
-    async def run(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
-        """`work(connection)` as one unit of work: one transaction, committed when `write` and it returns."""
+    async def run(self, work: Callable[[Connection], T], *, write: bool = False, background: bool = False) -> T:
+        """`work(connection)` as one unit of work: one transaction, committed when `write` and it returns. A
+        `background` write is one nobody waits on (a checkpoint, a provisional usage row): on SQLite it gives way to
+        the others."""
         try:
             if self._threads is not None:
                 if not write:
-                    return await self._threads.run(work, write=False)
-                return await self._write_batched(work)
+                    return await self._threads.read(work)
+                return await self._threads.write(work, background=background)
             async with self.engine.begin() if write else self.engine.connect() as connection:
                 return await connection.run_sync(work)
         except (DBAPIError, SATimeoutError, OSError) as exc:
@@ -68,38 +65,11 @@ class Database:
                 raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
             raise
 
-    async def _write_batched(self, work: Callable[[Connection], T]) -> T:
-        """A write in SQLite's writer thread. Writes that queue up while one runs go together in the next
-        transaction (group commit): under load a turn's writes used to wait in line for a commit each, and its end
-        frame with them (issue 15). Each write still commits before its caller goes on, or fails alone."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((work, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
-        try:
-            return cast(T, await asyncio.shield(future))
-        except asyncio.CancelledError:
-            # As a single write did: the caller moves on only once its transaction has ended, committed or not.
-            with contextlib.suppress(Exception):
-                await future
-            raise
-
-    async def _drain(self) -> None:
-        assert self._threads is not None and self._write_lock is not None
-        while self._queued:
-            async with self._write_lock:  # the async engine's writes (Database.write) take turns with these
-                batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
-                try:
-                    outcomes = await self._threads.run_batch([work for work, _ in batch])
-                except BaseException as exc:  # the thread pool is gone (shutdown): every write in it fails
-                    outcomes = [(False, exc)] * len(batch)
-            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(cast(BaseException, value))
+    @property
+    def writes_in_order(self) -> bool:
+        """This process's writes commit one after another in the order they were made (SQLite's writer thread), so
+        a write need not wait for an earlier one to end before it is made."""
+        return self._threads is not None
 
     async def close(self) -> None:
         if self._threads is not None:

@@ -53,7 +53,9 @@ class Calibrations:
     async def add_output(self, model: str, estimated: int, reported: int) -> None:
         """Record one complete reply's output sample (its own transaction: samples are few, see chat/spend.py)."""
         now = self._clock.now()
-        await self._db.run(lambda conn: add_output_calibration(conn, model, estimated, reported, now=now), write=True)
+        await self._db.run(
+            lambda conn: add_output_calibration(conn, model, estimated, reported, now=now), write=True, background=True
+        )
         old = self._rows.get(model)
         self._rows[model] = TokenCalibration(
             model=model,

@@ -222,7 +222,7 @@ class ChatStore:
             if usage is not None:
                 update_provisional(conn, usage)
 
-        await self._db.run(work, write=True)
+        await self._db.run(work, write=True, background=True)
 
     async def finish_turn(
         self,

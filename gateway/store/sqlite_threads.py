@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection
@@ -23,6 +25,8 @@ from .db import begin_immediate, json_loads, sqlite_pragmas_for
 
 T = TypeVar("T")
 
+# Writes in one group commit at most: a transaction stays short, and a failing write costs the others one retry.
+MAX_BATCH = 64
 # Reads run beside writes (WAL lets them); a few threads are plenty: each unit of work takes well under 1 ms.
 READER_THREADS = 2
 
@@ -39,39 +43,127 @@ class SqliteThreads:
             max_overflow=READER_THREADS + 1,
         )
         event.listen(self.engine, "connect", sqlite_pragmas_for(synchronous))
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._writer = Writer(self.engine)
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
 
-    async def run(self, work: Callable[[Connection], T], *, write: bool) -> T:
-        """`work(connection)` in one transaction (committed when `write` and it returns)."""
-        job = functools.partial(_in_transaction if write else _read_only, self.engine, work)
-        future = asyncio.get_running_loop().run_in_executor(self._writer if write else self._readers, job)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # A thread cannot be interrupted: let its transaction end (committed or not) before our caller moves
-            # on, so the caller's write lock never covers a transaction that is still running.
-            with contextlib.suppress(Exception):
-                await future
-            raise
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """`work(connection)` in a reader thread, outside any write transaction."""
+        job = functools.partial(_read_only, self.engine, work)
+        future = asyncio.get_running_loop().run_in_executor(self._readers, job)
+        return await _to_the_end(future)
 
-    async def run_batch(self, works: list[Callable[[Connection], object]]) -> list[tuple[bool, object]]:
-        """Several writes in one transaction (one commit, one sync of the WAL under synchronous=FULL): each one's
-        (succeeded, result or exception). If any of them raises, the transaction is rolled back and each is run
-        again in a transaction of its own, so one write's failure never takes another's with it."""
-        job = functools.partial(_batch, self.engine, works)
-        future = asyncio.get_running_loop().run_in_executor(self._writer, job)
+    async def write(self, work: Callable[[Connection], T], *, background: bool = False) -> T:
+        """`work(connection)` committed by the writer thread, in order with this process's other writes except that
+        `background` ones (nobody waits on them) give way to the rest."""
+        result, ended = self._writer.submit(work, background=background)
         try:
-            return await asyncio.shield(future)
+            # Awaited directly, not through a shield: the caller resumes one loop pass after the commit, where a
+            # shield costs another, and under load a pass is tens of milliseconds (issue 15: end frames).
+            return cast(T, await result)
         except asyncio.CancelledError:
+            # `result` is cancelled with us, but a thread cannot be interrupted: let the transaction end (committed
+            # or not) before our caller moves on, so nothing it does next overlaps a transaction still running.
             with contextlib.suppress(Exception):
-                await future
+                await asyncio.shield(ended)
             raise
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)
+        self._writer.close()
         self._readers.shutdown(wait=True)
         self.engine.dispose()
+
+
+async def _to_the_end(future: asyncio.Future[T]) -> T:
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # A thread cannot be interrupted: let its unit of work end before our caller moves on.
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
+# A queued write: its work, the future of its result, the future set when its transaction has ended (also when the
+# result's waiter was cancelled), and the loop they belong to.
+Queued = tuple[Callable[[Connection], Any], "asyncio.Future[Any]", "asyncio.Future[None]", asyncio.AbstractEventLoop]
+Settled = tuple["asyncio.Future[Any]", "asyncio.Future[None]", bool, object]
+
+
+class Writer:
+    """SQLite's one writer: a thread that commits, in one transaction, every write queued since its last commit
+    (group commit: one commit and one sync of the WAL for all of them, up to MAX_BATCH), then goes straight on with
+    the next ones. Issue 15: when the event loop handed each batch to a thread pool and waited for it, the writer
+    sat idle between batches for as long as a saturated loop took to notice the last one had ended (60 of every
+    100 ms at 200 streams), and end frames waited in that line. Writes run in the order they were submitted,
+    except that background ones (nobody waits on them) go after the others."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._waited: deque[Queued] = deque()
+        self._background: deque[Queued] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def submit(
+        self, work: Callable[[Connection], Any], *, background: bool
+    ) -> tuple[asyncio.Future[Any], asyncio.Future[None]]:
+        """The futures of the write's result and of its transaction's end."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Any] = loop.create_future()
+        ended: asyncio.Future[None] = loop.create_future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the SQLite writer is closed")
+            (self._background if background else self._waited).append((work, result, ended, loop))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+                self._thread.start()
+            self._ready.notify()
+        return result, ended
+
+    def close(self) -> None:
+        """Commit what is queued, then stop."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _take(self) -> list[Queued] | None:
+        with self._ready:
+            while not (self._waited or self._background or self._closed):
+                self._ready.wait()
+            batch: list[Queued] = []
+            for queue in (self._waited, self._background):
+                while queue and len(batch) < MAX_BATCH:
+                    batch.append(queue.popleft())
+            return batch or None  # None: closed, and nothing left
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                outcomes = _batch(self._engine, [work for work, _, _, _ in batch])
+            except BaseException as exc:  # never leave a caller waiting on a write this thread gave up
+                outcomes = [(False, exc)] * len(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
+            for (_, result, ended, loop), (ok, value) in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(loop, []).append((result, ended, ok, value))
+            for loop, settled in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is left to tell
+                    loop.call_soon_threadsafe(_settle, settled)
+
+
+def _settle(settled: list[Settled]) -> None:
+    for result, ended, ok, value in settled:
+        ended.set_result(None)
+        if result.done():
+            continue  # its waiter was cancelled
+        if ok:
+            result.set_result(value)
+        else:
+            result.set_exception(cast(BaseException, value))
 
 
 def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
@@ -91,6 +183,7 @@ def _batch(engine: Engine, works: list[Callable[[Connection], object]]) -> list[
     if len(works) > 1:
         try:
             with engine.begin() as connection:
+                begin_immediate(connection)
                 results = [work(connection) for work in works]
             return [(True, result) for result in results]
         except Exception:

@@ -262,7 +262,7 @@ class UsageStore:
 
     async def checkpoint(self, record: UsageRecord) -> None:
         """A provisional row updated with what is known now (never a row already final)."""
-        await self._db.run(lambda conn: update_provisional(conn, record), write=True)
+        await self._db.run(lambda conn: update_provisional(conn, record), write=True, background=True)
 
     async def begin(
         self, record: UsageRecord, reservation_ids: Sequence[str] = (), wanted: Callable[[], bool] = lambda: True
@@ -278,4 +278,4 @@ class UsageStore:
             insert_usage_once(conn, record)
             attach_usage(conn, reservation_ids, record.id)
 
-        await self._db.run(work, write=True)
+        await self._db.run(work, write=True, background=True)
