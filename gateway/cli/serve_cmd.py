@@ -17,7 +17,7 @@ from gateway.server.logs import setup_logging
 from gateway.settings import Settings, token_problem
 
 from . import runtime_file
-from .workers import Supervisor, worker_count
+from .workers import Supervisor, freeze_startup_objects, worker_count
 
 
 def register(sub: Any) -> None:
@@ -120,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if workers > 1:
             return Supervisor(settings, sock, workers, create_app).run()
-        web.run_app(create_app(settings), sock=sock, shutdown_timeout=10, print=None, access_log=None)
+        app = create_app(settings)
+        app.on_startup.append(freeze_startup_objects)  # after the app's own start-up: a process-wide choice
+        web.run_app(app, sock=sock, shutdown_timeout=10, print=None, access_log=None)
     finally:
         if claimed and discovery is not None:
             runtime_file.release(discovery)
