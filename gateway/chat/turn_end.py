@@ -103,8 +103,12 @@ async def settle(
             calibration=accounted.calibration,
         )
 
-    # Persisting must survive a second cancellation (shutdown while we save); the client may be gone already.
-    saved = await asyncio.shield(saved_through_outage(save))
+    # Persisting must survive a second cancellation (shutdown while we save); the client may be gone already. On
+    # SQLite the writer thread's transaction cannot be interrupted and a cancel is raised only once it has ended, so
+    # the save is awaited directly: a shield adds three passes of a busy event loop to every end frame (issue 15).
+    # PostgreSQL would roll the transaction back: there it runs shielded.
+    persisting = saved_through_outage(save)
+    saved = await (persisting if s.store.database.writes_in_order else asyncio.shield(persisting))
     if not saved:
         hold(save)
         return replace(accounted, saved=False)
