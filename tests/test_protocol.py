@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -95,6 +96,12 @@ def refusal(text: str) -> tuple[str, str, str | None]:
         ('{"id":1}', "field 'type' is required and must be a string", "type"),
         ('{"type":"chat.nope"}', "unknown type 'chat.nope'; known: " + KNOWN, "type"),
         ('{"type":"' + "y" * 65 + '"}', "unknown type '" + "y" * 64 + "...'; known: " + KNOWN, "type"),
+        ('{"type":"' + "z" * 64 + '"}', "unknown type '" + "z" * 64 + "'; known: " + KNOWN, "type"),
+        (
+            '{"type":"chat.tool.result","toolUseId":"t","content":[{"type":"video"}]}',
+            'chat.tool.result: content[0] must be {"type": "text", "text": ...} or a base64 image block',
+            "content",
+        ),
         ('{"type":"chat.send","content":"' + "x" * 101 + '"}', None, "content"),
     ],
 )
@@ -105,6 +112,19 @@ def test_a_refusal_says_which_field_and_why(frame: str, message: str | None, fie
         assert (code, said) == ("MESSAGE_TOO_LARGE", "chat.send: field 'content' has 101 characters; the limit is 100")
     else:
         assert (code, said) == ("INVALID_MESSAGE", message)
+
+
+def test_a_tool_results_text_blocks_count_against_the_content_limit_and_its_images_do_not() -> None:
+    def result(*texts: str, image: bool = False) -> str:
+        blocks = [{"type": "text", "text": text} for text in texts]
+        if image:
+            blocks.append({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A" * 500}})
+        return json.dumps({"type": "chat.tool.result", "toolUseId": "t", "content": blocks})
+
+    too_long = "chat.tool.result: field 'content' has 101 characters; the limit is 100"
+    assert refusal(result("x" * 60, "y" * 41)) == ("MESSAGE_TOO_LARGE", too_long, "content")
+    accepted = parse_frame(result("x" * 60, "y" * 40, image=True), max_content_chars=100)
+    assert [block["type"] for block in accepted.get("content")] == ["text", "text", "image"]
 
 
 async def test_a_refused_frame_is_answered_with_exactly_the_documented_fields(ws: ClientWebSocketResponse) -> None:
