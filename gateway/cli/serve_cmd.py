@@ -17,7 +17,7 @@ from gateway.server.logs import setup_logging
 from gateway.settings import Settings, token_problem
 
 from . import runtime_file
-from .workers import Supervisor, freeze_startup_objects, worker_count
+from .workers import Supervisor, worker_count
 
 
 def register(sub: Any) -> None:
@@ -113,15 +113,15 @@ def run(args: argparse.Namespace) -> int:
     )
     # Imported here, not at the top: the server pulls in the SDK and SQLAlchemy (seconds), which `agentspace chat`
     # and the other small commands never need.
-    from gateway.app import create_app
+    from gateway.app import create_app, prepare_to_serve
 
     discovery = _discovery_path(settings, log)
     claimed = discovery is not None and runtime_file.claim(discovery, port, settings.host, settings.clock.now())
     try:
         if workers > 1:
-            return Supervisor(settings, sock, workers, create_app).run()
+            return Supervisor(settings, sock, workers, create_app, prepare_to_serve).run()
         app = create_app(settings)
-        app.on_startup.append(freeze_startup_objects)  # after the app's own start-up: a process-wide choice
+        app.on_startup.append(prepare_to_serve)  # after the app's own start-up
         web.run_app(app, sock=sock, shutdown_timeout=10, print=None, access_log=None)
     finally:
         if claimed and discovery is not None:

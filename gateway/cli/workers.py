@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import gc
 import logging
 import os
 import select
@@ -36,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -67,12 +66,18 @@ def worker_count(value: str) -> int:
 
 class Supervisor:
     def __init__(
-        self, settings: Settings, sock: socket.socket, count: int, make_app: Callable[[Settings], web.Application]
+        self,
+        settings: Settings,
+        sock: socket.socket,
+        count: int,
+        make_app: Callable[[Settings], web.Application],
+        prepare: Callable[[web.Application], Awaitable[None]],
     ) -> None:
         self.settings = settings
         self.sock = sock
         self.count = count
         self.make_app = make_app
+        self.prepare = prepare  # after each worker's app has started (gateway.app.prepare_to_serve)
         self.children: dict[int, int] = {}  # pid -> worker number
         self.ready: set[int] = set()  # worker numbers serving now
         self.restarts: deque[float] = deque()
@@ -214,19 +219,10 @@ class Supervisor:
             loop.add_signal_handler(signal.SIGINT, lambda: None)
             os.write(ready_w, f"{number}\n".encode())
 
-        app.on_startup.append(freeze_startup_objects)
+        app.on_startup.append(self.prepare)
         app.on_startup.append(on_started)  # after the app's own start-up (database, recovery, services)
         web.run_app(app, sock=self.sock, shutdown_timeout=10, print=None, access_log=None, handle_signals=False)
         return 0
-
-
-async def freeze_startup_objects(_app: web.Application) -> None:
-    """Once the gateway has started: what exists now (modules, SQLAlchemy's tables and compiled statements, the
-    token encoding, the prices) lives as long as the process, so the cyclic garbage collector stops walking it.
-    Issue 15: with 256,000 such objects, each full collection at 200 streams held the event loop for up to 190 ms
-    (GC took 12 % of the gateway's CPU); frozen, a full collection walks only what the turns create."""
-    gc.collect()
-    gc.freeze()
 
 
 def _noop(_signum: int, _frame: object) -> None:
