@@ -63,6 +63,9 @@ class Reply:
     truncate_after_deltas: int | None = None
     hold_after_deltas: int | None = None
     output_tokens_before_error: int | None = None
+    # An overloaded error after this many of the block events (each block's start, input pieces, stop), none of which
+    # a client sees unless it streams tool input: the attempt is retried, its tool input generated and unreported.
+    error_after_block_events: int | None = None
     # Content blocks streamed after the text (tool_use, server_tool_use and its result, ...), as the API returns
     # them; a tool_use's `input` is streamed as input_json_delta pieces. With blocks and no `text`, no text block.
     blocks: list[dict[str, Any]] | None = None
@@ -410,10 +413,14 @@ class FakeAnthropic:
             else:
                 if plan.has_text:
                     await resp.write((_STOP % plan.text_index).encode())
-                for event in plan.block_events:
+                for n, event in enumerate(plan.block_events):
+                    if n == reply.error_after_block_events:
+                        await resp.write(_sse("error", _error_body("overloaded_error", "Overloaded")))
+                        break
                     await resp.write(event)
-                await resp.write(_sse("message_delta", plan.message_delta()))
-                await resp.write(_MESSAGE_STOP)
+                else:
+                    await resp.write(_sse("message_delta", plan.message_delta()))
+                    await resp.write(_MESSAGE_STOP)
                 finished = True
             with contextlib.suppress(ConnectionResetError):
                 await resp.write_eof()

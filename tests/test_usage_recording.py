@@ -309,6 +309,27 @@ async def test_one_row_per_upstream_request_across_retries(
     assert (end["requests"], end["steps"]) == (2, 1)
 
 
+async def test_a_retried_attempt_cut_short_in_a_tool_call_is_billed_as_estimated(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    """The first attempt streams part of a tool call's input (which this client does not see, so it is retried) and
+    fails with Anthropic's count at 1: its row bills what it generated, our count, and says it is an estimate."""
+    call = {"type": "tool_use", "id": "toolu_cut", "name": "get_weather", "input": {"city": "Reykjavik, Iceland"}}
+    fake.queue(
+        Reply(thinking=None, blocks=[call], error_after_block_events=4, input_tokens=120, output_tokens_before_error=1),
+        Reply(text="finally", input_tokens=120, output_tokens=9),
+    )
+    end = (await chat(ws, "weather?"))[-1]
+    assert (end["type"], end["requests"]) == ("chat.stream.end", 2)
+    failed, complete = await usage_rows(settings.db_url)
+    out = generated('{"city":"Reykjavik, Ic')  # the three input pieces streamed before the error
+    assert out > 1
+    assert (failed["status"], failed["output_tokens"], bool(failed["estimated"])) == ("failed", out, True)
+    assert (failed["estimated_output_tokens"], failed["estimated_cost"]) == (out - 1, (out - 1) * 10_000)
+    assert failed["total_cost"] == 120 * 2000 + out * 10_000
+    assert (complete["status"], bool(complete["estimated"])) == ("complete", False)
+
+
 async def test_cancel_during_retry_backoff_does_not_count_the_attempt_twice(
     gateway_factory: GatewayFactory, settings: Settings, fake: FakeAnthropic
 ) -> None:

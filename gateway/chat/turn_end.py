@@ -20,7 +20,7 @@ from gateway.store.models import UsageRecord
 
 from .reply import Reply
 from .services import Services
-from .spend import billed_usage
+from .spend import billed_usage, estimate_output
 from .turn_frames import usage_record
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,9 @@ async def record_failed_attempt(
     """An attempt that failed after the upstream reported usage was billed: its own usage row, before the retry."""
     if reply.message_id is None:
         return None  # the upstream reported no usage, so it billed nothing
+    # Cut short before Anthropic's final count (a retried attempt relayed nothing, but may have generated a tool
+    # call's input): billed for what it generated, like a turn's last request.
+    await estimate_output(s, assembled.model, reply)
     usage, estimated = billed_usage(reply)
     priced = s.prices.price(assembled.model, usage, at, reply.server_tools)
     duration_ms = int((time.monotonic() - started) * 1000)
