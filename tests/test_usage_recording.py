@@ -387,3 +387,21 @@ async def test_simultaneous_resends_make_one_upstream_request(
     assert len(await usage_rows(settings.db_url)) == 1
     await a.close()
     await b.close()
+
+
+def test_the_usage_row_a_turn_builds_has_every_column_of_usage_records() -> None:
+    """A turn writes its usage as a plain UsageRow (not the ORM's UsageRecord): a column missing from it would never be
+    written, and one it has beyond the table's would fail every insert."""
+    from dataclasses import MISSING, fields
+
+    from gateway.store.models import UsageRecord
+    from gateway.store.usage_row import UsageRow
+
+    table = UsageRecord.__table__.columns
+    assert [f.name for f in fields(UsageRow)] and {f.name for f in fields(UsageRow)} == set(table.keys())
+    for f in fields(UsageRow):
+        default = table[f.name].default
+        if default is not None and default.is_scalar:
+            assert f.default == default.arg, f.name  # the same value as a row the ORM would have defaulted
+        elif f.default is not MISSING:
+            assert f.default is None or table[f.name].nullable, f.name

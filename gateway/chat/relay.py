@@ -15,7 +15,7 @@ from gateway.context.assembly import Assembled
 from gateway.context.request_body import request_body
 from gateway.protocol import RequestId
 from gateway.store import TurnRows
-from gateway.store.models import UsageRecord
+from gateway.store.usage_row import UsageRow
 
 from .metrics import TurnObserver
 from .reply import Reply
@@ -157,7 +157,7 @@ class Relay:
             self._begun_for.ended = True
         await wait_begun(self._begun, writes_in_order=self.s.store.database.writes_in_order)
 
-    async def provisional(self) -> UsageRecord | None:
+    async def provisional(self) -> UsageRow | None:
         """The request's usage row as known now, output estimated from what was generated; None before its first
         event."""
         reply = self.reply

@@ -23,7 +23,8 @@ from datetime import datetime
 from gateway.billing.accounting import TokenUsage
 from gateway.context.tokens import TokenCounter
 from gateway.store import TurnRows
-from gateway.store.models import TokenCalibration, UsageRecord
+from gateway.store.models import TokenCalibration
+from gateway.store.usage_row import UsageRow
 
 from .checkpoints import Checkpointer
 from .passthrough_stream import Exchange
@@ -72,7 +73,7 @@ def billed_usage(reply: Reply) -> tuple[TokenUsage, int]:
 
 def provisional_record(
     s: Services, rows: TurnRows, model: str, reply: Reply, sent_at: datetime, started: float, step: int | None
-) -> UsageRecord:
+) -> UsageRow:
     """The request's row as known right now: status `streaming`, its id the one its final row will have."""
     usage, estimated = billed_usage(reply)
     priced = s.prices.price(model, usage, sent_at, reply.server_tools)

@@ -16,7 +16,7 @@ from gateway import errors
 from gateway.billing.accounting import Priced
 from gateway.context.assembly import Assembled
 from gateway.store import TurnRows
-from gateway.store.models import UsageRecord
+from gateway.store.usage_row import UsageRow
 
 from .reply import Reply
 from .services import Services
@@ -48,7 +48,7 @@ class Accounted:
     """One model request's reply, priced, with the usage row and calibration sample to save with it."""
 
     priced: Priced | None
-    record: UsageRecord | None
+    record: UsageRow | None
     calibration: tuple[str, int, int] | None
     duration_ms: int
     saved: bool = True  # False: the database stayed unavailable; the save is held until it is back

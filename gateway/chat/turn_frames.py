@@ -10,7 +10,8 @@ from gateway.billing.accounting import Priced, TokenUsage, nano_to_usd
 from gateway.protocol import RequestId, error_frame
 from gateway.store import TurnRows
 from gateway.store.chats import new_id
-from gateway.store.models import ChatSession, Message, UsageRecord
+from gateway.store.models import ChatSession, Message
+from gateway.store.usage_row import UsageRow
 
 
 def usage_fields(usage: TokenUsage) -> dict[str, int]:
@@ -98,13 +99,13 @@ def usage_record(
     *,
     usage_id: str | None = None,
     estimated: int = 0,
-) -> UsageRecord:
+) -> UsageRow:
     """The usage row of one upstream request, dated when it was sent: the moment its rates are from, so the row's
     day (in reports and budgets) and its rates always agree. `usage_id`: the id its provisional row has (chat/spend.py);
     `estimated`: how many of its output tokens are our estimate."""
     usage, rates, cost = priced.usage, priced.rates, priced.cost
     server_tools = server_tools or {}
-    return UsageRecord(
+    return UsageRow(
         id=usage_id or new_id(),
         session_id=rows.session.id,
         message_id=rows.assistant_message.id,

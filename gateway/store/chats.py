@@ -17,10 +17,11 @@ from . import chat_sql as sql
 from .base import Database
 from .calibration import Calibrations
 from .history import HistoryItem, HistoryLoader, HistoryRead, version_at
-from .models import ChatSession, Message, TokenCalibration, UsageRecord
+from .models import ChatSession, Message, TokenCalibration
 from .snapshots import Snapshot, Snapshots, StaleSnapshot
 from .tool_calls import interrupt_open_calls
 from .upserts import add_calibration, save_usage, update_provisional
+from .usage_row import UsageRow
 
 TITLE_CHARS = 80
 MAX_TURN_MESSAGES = 1000  # a turn's replies and tool results, read back for a resent send (bounded by max_requests)
@@ -212,7 +213,7 @@ class ChatStore:
         self._snapshots.abandon(reply_id)
 
     async def checkpoint(
-        self, message_id: str, content: list[dict[str, Any]], text: str, usage: UsageRecord | None = None
+        self, message_id: str, content: list[dict[str, Any]], text: str, usage: UsageRow | None = None
     ) -> None:
         """A streaming reply's text so far, and its request's provisional usage row, together."""
         params = {"message_id": message_id, "content": content, "text": text, "now": self._clock.now()}
@@ -234,7 +235,7 @@ class ChatStore:
         status: str,
         stop_reason: str | None,
         error_code: str | None,
-        usage: UsageRecord | None,
+        usage: UsageRow | None,
         calibration: tuple[str, int, int] | None = None,
     ) -> None:
         """The reply, its usage row and the calibration sample land together or not at all."""

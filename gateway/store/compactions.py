@@ -17,8 +17,9 @@ from gateway.errors import StreamInProgress
 from . import chat_sql as sql
 from .base import Database
 from .chats import ChatStore
-from .models import Message, UsageRecord
+from .models import Message
 from .upserts import add_calibration, save_usage
+from .usage_row import UsageRow
 
 M = sql.MESSAGES
 _LAST_SEQ = select(func.max(M.c.seq)).where(M.c.session_id == bindparam("session_id"))
@@ -66,7 +67,7 @@ class CompactionStore:
         session_id: str,
         summary: dict[str, Any],
         compacted_ids: Sequence[str],
-        usage: UsageRecord | None,
+        usage: UsageRow | None,
         calibration: tuple[str, int, int] | None = None,
     ) -> Compacted:
         """`summary`: the summary message's id, content, text, model and stop_reason. It is stored after every other

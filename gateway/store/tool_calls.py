@@ -23,8 +23,9 @@ from . import chat_sql as sql
 from .base import Database
 from .calibration import Calibrations
 from .history import HistoryItem, version_at
-from .models import Message, ToolCall, UsageRecord
+from .models import Message, ToolCall
 from .upserts import add_calibration, save_usage
+from .usage_row import UsageRow
 
 CALLS = cast(Table, ToolCall.__table__)
 OPEN = ("pending", "approved", "running")
@@ -92,7 +93,7 @@ class ToolCallStore:
         *,
         session_id: str,
         reply: Mapping[str, Any],
-        usage: UsageRecord | None,
+        usage: UsageRow | None,
         calibration: tuple[str, int, int] | None,
         calls: Sequence[Mapping[str, Any]],
         new_messages: Sequence[Mapping[str, Any]],

@@ -20,8 +20,9 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from . import chat_sql as sql
 from .base import Database
 from .chats import TurnRows, make_title, new_id
-from .models import ChatSession, Message, UsageRecord
+from .models import ChatSession, Message
 from .upserts import save_usage
+from .usage_row import UsageRow
 
 # Bind parameters per lookup statement: SQLite allows 32766 (999 before 3.32); a long conversation takes a few.
 LOOKUP_CHUNK = 500
@@ -177,7 +178,7 @@ class TranscriptStore:
         status: str,
         stop_reason: str | None,
         error_code: str | None,
-        usage: UsageRecord | None,
+        usage: UsageRow | None,
         tail: str,
     ) -> None:
         """The reply, its usage row and the session's new tail land together or not at all. Safe to repeat."""

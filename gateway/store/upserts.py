@@ -17,6 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from .models import TokenCalibration, UsageRecord
+from .usage_row import UsageRow
 
 _U = cast(Table, UsageRecord.__table__)
 _C = cast(Table, TokenCalibration.__table__)
@@ -92,7 +93,7 @@ def add_output_calibration(conn: Connection, model: str, estimated: int, reporte
     conn.execute(_output_calibration(conn.dialect.name), params)
 
 
-def insert_usage_once(conn: Connection, record: UsageRecord) -> bool:
+def insert_usage_once(conn: Connection, record: UsageRow) -> bool:
     """Insert the row unless its id is already there; False when it was. A save retried after a commit whose answer
     was lost (the connection dropped) must not count the same request twice."""
     # Unset columns are left out, so their defaults apply.
@@ -101,7 +102,7 @@ def insert_usage_once(conn: Connection, record: UsageRecord) -> bool:
     return bool(result.rowcount)
 
 
-def save_usage(conn: Connection, record: UsageRecord) -> bool:
+def save_usage(conn: Connection, record: UsageRow) -> bool:
     """The final row of a request: its provisional row (same id) made final, or inserted when there was none. False
     when the row was final already (a retried save), so nothing is counted twice."""
     values = {c.key: v for c in _U.c if c.key != "id" and (v := getattr(record, c.key)) is not None}
@@ -111,7 +112,7 @@ def save_usage(conn: Connection, record: UsageRecord) -> bool:
     return insert_usage_once(conn, record)
 
 
-def update_provisional(conn: Connection, record: UsageRecord) -> None:
+def update_provisional(conn: Connection, record: UsageRow) -> None:
     """A checkpoint of a request still streaming: what is known so far, never over a row already final."""
     values = {c.key: v for c in _U.c if c.key != "id" and (v := getattr(record, c.key)) is not None}
     values["status"] = PROVISIONAL

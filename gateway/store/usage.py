@@ -19,6 +19,7 @@ from .base import Database
 from .models import UsageDaily, UsageRecord
 from .reservations import attach_usage, release_for_usage
 from .upserts import PROVISIONAL, insert_usage_once, save_usage, update_provisional
+from .usage_row import UsageRow
 
 U = UsageRecord
 D = UsageDaily
@@ -232,7 +233,7 @@ class UsageStore:
         per_model = await self.per_model(UsageFilters(agent_id=agent_id, since=since))
         return sum(t.total_cost for t in per_model.values())
 
-    async def insert(self, record: UsageRecord) -> None:
+    async def insert(self, record: UsageRow) -> None:
         """A request's final row (its provisional row, if it has one, made final)."""
         await self._db.run(lambda conn: save_usage(conn, record), write=True)
 
@@ -260,12 +261,12 @@ class UsageStore:
 
         return await self._db.run(work, write=True)
 
-    async def checkpoint(self, record: UsageRecord) -> None:
+    async def checkpoint(self, record: UsageRow) -> None:
         """A provisional row updated with what is known now (never a row already final)."""
         await self._db.run(lambda conn: update_provisional(conn, record), write=True, background=True)
 
     async def begin(
-        self, record: UsageRecord, reservation_ids: Sequence[str] = (), wanted: Callable[[], bool] = lambda: True
+        self, record: UsageRow, reservation_ids: Sequence[str] = (), wanted: Callable[[], bool] = lambda: True
     ) -> None:
         """A request's provisional row, at its first upstream event (a no-op if its final row is there already), and
         its budget reservations told that this row now counts part of their worst case. Skipped when no longer
