@@ -90,6 +90,18 @@ async def test_every_token_type_in_end_frame_and_row(
     assert audit == [{"wrong": 0}]
 
 
+async def test_a_usage_row_keeps_when_the_first_token_came(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    """docs/SQL.md's `first_token_ms`: the fake waits 50 ms before each event, so the first token comes after at least
+    that, and the reply's last token at least 50 ms later still."""
+    fake.queue(Reply(text="one two", delay_s=0.05, input_tokens=10, output_tokens=5))
+    assert (await chat(ws, "how quick?"))[-1]["type"] == "chat.stream.end"
+    [row] = await usage_rows(settings.db_url)
+    assert row["first_token_ms"] is not None
+    assert 50 <= row["first_token_ms"] <= row["duration_ms"] - 50
+
+
 async def test_tier_switch_applies_to_the_whole_request(
     ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
