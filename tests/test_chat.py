@@ -114,6 +114,25 @@ async def test_session_list_history_and_delete(ws: ClientWebSocketResponse, db_u
     assert await scalar(db_url, "select count(*) from messages where session_id = :s", s=a) == 0
 
 
+async def test_a_continued_sessions_start_frame_names_the_session_and_the_reply(
+    ws: ClientWebSocketResponse, db_url: str
+) -> None:
+    """With no session.created before it, chat.stream.start is where a client reads which session and reply stream."""
+    session_id = (await chat(ws, "first"))[0]["sessionId"]
+    frames = await chat(ws, "second", id="t2", sessionId=session_id)
+    reply_id = await scalar(
+        db_url, "select id from messages where session_id = :s and role = 'assistant' order by seq desc", s=session_id
+    )
+    assert frames[0] == {
+        "type": "chat.stream.start",
+        "id": "t2",
+        "requestId": "t2",
+        "sessionId": session_id,
+        "messageId": reply_id,
+        "model": "claude-sonnet-5-5",
+    }
+
+
 async def test_unknown_session_is_refused_without_upstream_call(
     ws: ClientWebSocketResponse, fake: FakeAnthropic
 ) -> None:
