@@ -204,7 +204,11 @@ async def test_window_refusal_says_how_much_is_over_and_how_to_compact(
     error = frames[-1]
     assert error["code"] == "CONTEXT_TOO_LARGE" and error["contextWindow"] == 1000
     assert error["overBy"] == error["tokenEstimate"] - 1000 > 0
-    assert f"({error['overBy']:,} over)" in error["message"] and "session.compact" in error["message"]
+    assert error["message"] == (
+        f"the assembled context is about {error['tokenEstimate']:,} tokens; claude-sonnet-5-5's window here is 1,000"
+        f" ({error['overBy']:,} over). Compact the session (session.compact, or /compact in agentspace chat) or turn"
+        " automatic compaction on (auto_compact = true under [context] in agent.toml)."
+    )
     # Compacting by hand makes room again.
     done = await request(ws, {"type": "session.compact", "sessionId": session_id, "keepTurns": 0})
     assert done["type"] == "session.compacted"
