@@ -250,3 +250,40 @@ async def test_a_stop_landing_when_the_reply_has_just_finished_streaming_keeps_t
     [usage] = await sql_rows(db_url, "SELECT status, estimated_output_tokens FROM usage_records")
     assert usage["estimated_output_tokens"] in (None, 0)  # Anthropic's own count arrived: nothing estimated
     await _check_after(gateway, db_url, frames, terminal[0]["sessionId"])
+
+
+async def test_a_stop_landing_while_a_finished_reply_is_saved_does_not_lose_the_save(
+    gateway_factory: Factory, settings: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown or chat.cancel landing while the finished reply and its usage are being written: the write is not
+    cut short (on SQLite the writer thread's transaction runs to its end; on PostgreSQL, where a cancel would roll it
+    back, the save runs shielded). The client gets one terminal frame; SQL holds the whole reply, billed once."""
+    gateway = await gateway_factory(settings)
+    ws = await gateway.ws()
+    original = ChatStore.finish_turn
+    saved = asyncio.Event()
+
+    async def hooked(self: ChatStore, **kwargs: Any) -> Any:
+        victim = next((t for t in asyncio.all_tasks() if t.get_name() == "turn-victim"), None)
+        if victim is not None and not saved.is_set():
+            # Lands at the next pass of the loop, while this write is in flight.
+            asyncio.get_running_loop().call_soon(victim.cancel)
+        try:
+            return await original(self, **kwargs)
+        finally:
+            saved.set()
+
+    monkeypatch.setattr(ChatStore, "finish_turn", hooked)
+    await send(ws, {"type": "chat.send", "id": "victim", "content": "hello"})
+    frames = await collect(ws)
+    async with asyncio.timeout(10):
+        await saved.wait()
+    monkeypatch.undo()
+    terminal = [f for f in frames if f["type"] in TERMINAL]
+    assert len(terminal) == 1
+    streamed = "".join(f["delta"] for f in frames if f["type"] == "chat.stream.delta")
+    [reply] = await sql_rows(db_url, "SELECT status, text FROM messages WHERE role = 'assistant'")
+    assert (reply["status"], reply["text"]) == ("complete", streamed)
+    [usage] = await sql_rows(db_url, "SELECT status, output_tokens FROM usage_records")
+    assert usage["status"] == "complete" and usage["output_tokens"] > 0
+    await _check_after(gateway, db_url, frames, terminal[0].get("sessionId"))

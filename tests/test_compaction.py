@@ -14,7 +14,7 @@ from gateway.settings import Settings
 from tests.conftest import chat, collect, request, send
 from tests.fake_anthropic import COMPACTION_REQUEST, FakeAnthropic, Reply
 from tests.fake_cache import PromptCache
-from tests.sql import sql_rows
+from tests.sql import sql_exec, sql_rows
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa ".split()
 
@@ -213,6 +213,48 @@ async def test_window_refusal_says_how_much_is_over_and_how_to_compact(
     done = await request(ws, {"type": "session.compact", "sessionId": session_id, "keepTurns": 0})
     assert done["type"] == "session.compacted"
     await turn(ws, "Short now.", sessionId=session_id)
+
+
+async def test_the_window_is_checked_on_the_calibrated_estimate_and_a_request_exactly_at_it_is_sent(
+    ws: ClientWebSocketResponse, settings: Settings
+) -> None:
+    """The send is judged on the estimate calibrated by what Anthropic has reported for the model (the number the
+    inspector shows, not our raw count), and a request of exactly the window's size still goes."""
+    # Anthropic has counted 2 tokens for every 1 of ours for this model.
+    await sql_exec(
+        settings.db_url,
+        "INSERT INTO token_calibration (model, samples, estimated_tokens, reported_tokens, updated_at, output_samples,"
+        " output_estimated_tokens, output_reported_tokens) VALUES (:m, 5, 1000, 2000, '2026-01-01', 0, 0, 0)",
+        m="claude-sonnet-5-5",
+    )
+    agent = make_agent(settings.home, "calibrated", context="window = 100000\nauto_compact = false\n")
+    session_id = (await turn(ws, "First question.", agentId=agent))[0]["sessionId"]
+    draft = " ".join(long_message(n) for n in range(1, 6))  # calibrated, well over the smallest window (1,000)
+    seen = await request(ws, {"type": "context.inspect", "sessionId": session_id, "content": draft})
+    best = seen["calibratedTokenEstimate"]
+    assert best is not None and best > seen["totals"]["tokenEstimate"] + seen["requestOverheadTokens"] + 50
+
+    make_agent(settings.home, agent, context=f"window = {best - 1}\nauto_compact = false\n")
+    refused = (await chat(ws, draft, sessionId=session_id))[-1]
+    assert refused["code"] == "CONTEXT_TOO_LARGE", refused
+    assert (refused["tokenEstimate"], refused["contextWindow"], refused["overBy"]) == (best, best - 1, 1)
+
+    make_agent(settings.home, agent, context=f"window = {best}\nauto_compact = false\n")
+    await turn(ws, draft, sessionId=session_id)
+
+
+async def test_with_automatic_compaction_on_a_message_too_large_alone_is_refused_saying_so(
+    ws: ClientWebSocketResponse, settings: Settings
+) -> None:
+    """Compaction cannot shrink the newest message: the refusal says to shorten it, not to turn compaction on."""
+    agent = make_agent(settings.home, "tiny", context="window = 1000\nauto_compact = true\n")
+    refused = (await chat(ws, " ".join(long_message(n) for n in range(10)), agentId=agent))[-1]
+    assert refused["code"] == "CONTEXT_TOO_LARGE", refused
+    assert refused["message"] == (
+        f"the assembled context is about {refused['tokenEstimate']:,} tokens; claude-sonnet-5-5's window here is 1,000"
+        f" ({refused['overBy']:,} over). Compaction could not bring it under: the newest turn alone is too large;"
+        " shorten it."
+    )
 
 
 async def _session_ready(ws: ClientWebSocketResponse, settings: Settings) -> str:
