@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aiohttp import ClientWebSocketResponse
 
+from gateway.server.handlers import SERVICES
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, deltas, recv, request, send
 from tests.databases import rows, scalar
@@ -242,3 +243,13 @@ async def test_the_user_turn_is_stored_before_the_upstream_call(
         db_url, "select role, status, text from messages where session_id = :s order by seq", s=session_id
     )
     assert done == [("user", "complete", "keep me"), ("assistant", "complete", "later")]
+
+
+async def test_finished_turns_leave_nothing_behind_in_the_process(gateway: Gateway) -> None:
+    """A long-running gateway must not keep every finished turn (its context, its reply) for as long as it runs: once
+    a turn has ended, the process holds it nowhere, whichever session it was in."""
+    ws = await gateway.ws()
+    for n in range(5):
+        assert (await chat(ws, f"question {n}", id=f"q{n}"))[-1]["type"] == "chat.stream.end"
+    services = gateway.app[SERVICES]
+    assert services.live_turns == {}

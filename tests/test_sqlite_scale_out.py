@@ -26,6 +26,7 @@ from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, make_settings, request, send
 from tests.databases import rows, scalar
 from tests.fake_anthropic import FakeAnthropic, Reply
+from tests.sql import sql_exec
 from tests.test_scale_out import reply_statuses, start_held
 
 Factory = Callable[[Settings], Awaitable[Gateway]]
@@ -230,3 +231,36 @@ async def test_a_write_that_waits_for_another_process_is_not_refused(
         blocker.close()
     assert await unit == 1  # it read after the other writer's commit: its count includes that row
     assert await scalar(file_settings.db_url, "SELECT count(*) FROM api_keys") == 2
+
+
+async def test_a_send_marks_a_dead_processs_reply_interrupted_and_leaves_a_live_one_alone(
+    gateway_factory: Factory, file_settings: Settings, fake: FakeAnthropic
+) -> None:
+    """A process died while it streamed a reply (its row and its usage row still say `streaming`): the next send to that
+    session, through another process, marks both `interrupted` and goes on. A reply another process is streaming
+    right now, in another session, is left as it is."""
+    url = _url(file_settings)
+    a, b = await gateway_factory(file_settings), await gateway_factory(file_settings)
+    ws_a, ws_b = await a.ws(), await b.ws()
+    dead = (await chat(ws_a, "first", id="d1"))[-1]["sessionId"]
+    [(dead_reply,)] = await rows(url, "SELECT id FROM messages WHERE session_id = :s AND role = 'assistant'", s=dead)
+    # As if the process had died mid-stream: what start-up recovery would find, but no process restarts.
+    await sql_exec(url, "UPDATE messages SET status = 'streaming' WHERE id = :m", m=dead_reply)
+    await sql_exec(url, "UPDATE usage_records SET status = 'streaming' WHERE session_id = :s", s=dead)
+    live = await start_held(ws_a, fake, 1, id="a2")
+
+    assert (await chat(ws_b, "again", id="b1", sessionId=dead))[-1]["type"] == "chat.stream.end"
+    assert await rows(
+        url, "SELECT status FROM messages WHERE session_id = :s AND role = 'assistant' ORDER BY seq", s=dead
+    ) == [
+        ("interrupted",),
+        ("complete",),
+    ]
+    assert await rows(url, "SELECT status FROM usage_records WHERE session_id = :s ORDER BY created_at", s=dead) == [
+        ("interrupted",),
+        ("complete",),
+    ]
+    assert (await reply_statuses(url))[live] == "streaming"
+    fake.release()
+    assert (await collect(ws_a))[-1]["type"] == "chat.stream.end"
+    assert (await reply_statuses(url))[live] == "complete"
