@@ -51,7 +51,9 @@ async def page(tmp_path: Path) -> AsyncIterator[Any]:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = await browser.new_context(viewport={"width": 1280, "height": 800})
         tab = await context.new_page()
-        tab.set_default_timeout(10_000)
+        # Each wait ends as soon as the page is ready; 10 s ran out once at load 6 on 2 cores (issue 18: margins that
+        # hold on a loaded machine).
+        tab.set_default_timeout(30_000)
         errors: list[str] = []
         tab.on("pageerror", lambda exc: errors.append(str(exc)))
         tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)

@@ -67,6 +67,9 @@ class Served:
                             return
                 except aiohttp.ClientConnectionError:
                     pass
+                # A gateway that exited (a port taken meanwhile, a start-up error) will never answer: say so now.
+                exited = self.proc.returncode
+                assert exited is None, f"the gateway exited with {exited}; see {self.log.name}"
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
