@@ -62,6 +62,19 @@ async def _send(ws: aiohttp.ClientWebSocketResponse, content: str, **fields: Any
     await ws.send_json({"type": "chat.send", "id": fields.pop("id", "t"), "content": content, **fields})
 
 
+async def _until_provisional_row(db_file: Path) -> None:
+    """Another process writes it on its own schedule: look until it has (the wait ends as soon as it is there)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            db = sqlite3.connect(db_file)
+            try:
+                if db.execute("select count(*) from usage_records where status = 'streaming'").fetchone() == (1,):
+                    return
+            finally:
+                db.close()
+            await asyncio.sleep(0.02)  # polled: no event crosses the process boundary
+
+
 async def _terminal(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
     frames = []
     while True:
@@ -108,7 +121,7 @@ async def test_two_workers_on_one_sqlite_file(tmp_path: Path, fake: FakeAnthropi
         assert found is not None and found.pid == proc.pid  # the parent's, written once
         base = f"http://127.0.0.1:{found.port}"
         async with aiohttp.ClientSession() as http:
-            await _check_workers(http, base, fake, served)  # ends by sending SIGTERM
+            await _check_workers(http, base, fake, served, home / "gateway.db")  # ends by sending SIGTERM
         assert await asyncio.wait_for(proc.wait(), WAIT_S) == 0
     finally:
         if proc.returncode is None:
@@ -125,13 +138,19 @@ async def test_two_workers_on_one_sqlite_file(tmp_path: Path, fake: FakeAnthropi
         # ended.
         assert statuses == {"complete": 84, "interrupted": 2}, statuses
         usage = db.execute("select count(*), count(distinct message_id) from usage_records")
-        assert usage.fetchone() == (85, 85)  # the killed worker's reply never got a usage row
+        assert usage.fetchone() == (86, 86)  # the killed worker's reply has its row too, made final by the recovery
+        assert dict(db.execute("select status, count(*) from usage_records group by status")) == {
+            "complete": 84,
+            "interrupted": 2,
+        }
         assert db.execute("select count(*) from budget_reservations").fetchone() == (0,)
     finally:
         db.close()
 
 
-async def _check_workers(http: aiohttp.ClientSession, base: str, fake: FakeAnthropic, served: Served) -> None:
+async def _check_workers(
+    http: aiohttp.ClientSession, base: str, fake: FakeAnthropic, served: Served, db_file: Path
+) -> None:
     ws_url = base.replace("http", "ws") + "/gateway"
     fake.default = Reply(text="an answer in a few words", input_tokens=21, output_tokens=7)
 
@@ -196,6 +215,9 @@ async def _check_workers(http: aiohttp.ClientSession, base: str, fake: FakeAnthr
     fake.queue(Reply(text="doomed", hold_after_deltas=1))
     await _send(held, "this one dies", id="d", sessionId=session_id)
     await fake.wait_held(4)
+    # Killed once its request has its provisional usage row (written in the background at the first upstream event),
+    # so what the kill leaves is the same every run: that row, made final (`interrupted`) by the recovery.
+    await _until_provisional_row(db_file)
     for pid in served.worker_pids():
         os.kill(pid, signal.SIGKILL)
     served.ready.clear()
