@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from .compaction import SUMMARY
+from .editing import Stored as Message
 from .tokens import compact_json
 
 TOOL_USES = ("tool_use", "server_tool_use", "mcp_tool_use")
@@ -28,15 +29,6 @@ TOOL_USES = ("tool_use", "server_tool_use", "mcp_tool_use")
 # only means whole assemblies, never a wrong one.
 MAX_CHARS = 32 * 1024 * 1024
 TurnKey = tuple[Hashable, ...] | None
-
-
-class Message(Protocol):
-    @property
-    def id(self) -> str: ...
-    @property
-    def role(self) -> str: ...
-    @property
-    def content(self) -> list[dict[str, Any]]: ...
 
 
 @dataclass(eq=False, slots=True)
