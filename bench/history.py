@@ -16,6 +16,7 @@ from typing import Any
 
 from .clients import direct_client, direct_turn, ws_turn
 from .procs import cpu_seconds
+from .rows import message_row, session_row
 from .stats import Recorder
 
 WORDS = (
@@ -42,33 +43,9 @@ def session_rows(session_id: str, n: int, now: datetime) -> tuple[dict[str, Any]
     for seq, message in enumerate(conversation(n)):
         at = start + timedelta(seconds=seq)
         text = message["content"][0]["text"]
-        assistant = message["role"] == "assistant"
-        rows.append(
-            {
-                "id": f"00000000-{n:04d}-4000-8000-{seq:012d}",
-                "session_id": session_id,
-                "seq": seq,
-                "role": message["role"],
-                "content": message["content"],
-                "text": text,
-                "model": "claude-sonnet-5-5" if assistant else None,
-                "status": "complete",
-                "stop_reason": "end_turn" if assistant else None,
-                "error_code": None,
-                "idempotency_key": None,
-                "created_at": at,
-                "updated_at": at,
-            }
-        )
-    session = {
-        "id": session_id,
-        "agent_id": "default",
-        "title": f"A conversation of {n} messages",
-        "model": "claude-sonnet-5-5",
-        "message_count": n,
-        "created_at": start,
-        "updated_at": now,
-    }
+        message_id = f"00000000-{n:04d}-4000-8000-{seq:012d}"
+        rows.append(message_row(message_id, session_id, seq, message["role"], message["content"], text, at))
+    session = session_row(session_id, f"A conversation of {n} messages", n, start, now)
     return session, rows
 
 

@@ -28,6 +28,7 @@ from gateway.store.models import UsageRecord
 
 from .history import history_session_id
 from .history import session_rows as history_session_rows
+from .rows import message_row, session_row
 
 BATCH = 5000
 WORDS = (
@@ -148,38 +149,14 @@ def _long_session(rng: random.Random, messages: int, now: datetime) -> tuple[dic
         if seq % 2 == 0:
             text = _words(rng, rng.randint(20, 120))
             content: list[dict[str, Any]] = [{"type": "text", "text": text}]
-            role, model, stop = "user", None, None
+            role = "user"
         else:
             text = _words(rng, rng.randint(50, 300))
             thinking = {"type": "thinking", "thinking": _words(rng, rng.randint(20, 80)), "signature": "c2ln" * 16}
             content = [thinking, {"type": "text", "text": text}]
-            role, model, stop = "assistant", MODELS[0][0], "end_turn"
-        rows.append(
-            {
-                "id": _id(rng),
-                "session_id": session_id,
-                "seq": seq,
-                "role": role,
-                "content": content,
-                "text": text,
-                "model": model,
-                "status": "complete",
-                "stop_reason": stop,
-                "error_code": None,
-                "idempotency_key": None,
-                "created_at": at,
-                "updated_at": at,
-            }
-        )
-    session = {
-        "id": session_id,
-        "agent_id": "default",
-        "title": "A long conversation",
-        "model": MODELS[0][0],
-        "message_count": messages,
-        "created_at": start,
-        "updated_at": now,
-    }
+            role = "assistant"
+        rows.append(message_row(_id(rng), session_id, seq, role, content, text, at))
+    session = session_row(session_id, "A long conversation", messages, start, now)
     return session, rows
 
 
