@@ -223,18 +223,18 @@ async def test_a_stop_landing_when_the_reply_has_just_finished_streaming_keeps_t
     client gets chat.stream.end saying why the turn stopped, and SQL holds the whole text and its final usage."""
     gateway = await gateway_factory(settings)
     ws = await gateway.ws()
-    original = Relay.usage_begun
+    original = Relay.usage_ended
     fired: list[int] = []
 
-    async def hooked(self: Relay) -> None:
+    def hooked(self: Relay) -> None:
         victim = next((c for c in gateway.app[CONNECTIONS] if c.turn_task is not None and not c.turn_task.done()), None)
         if not fired and victim is not None and victim.turn is not None and victim.turn_task is not None:
             fired.append(1)
             victim.turn.cancel_reason = reason  # as Connection.stop_turn does, before it cancels
             victim.turn_task.cancel()
-        await original(self)
+        original(self)
 
-    monkeypatch.setattr(Relay, "usage_begun", hooked)
+    monkeypatch.setattr(Relay, "usage_ended", hooked)
     await send(ws, {"type": "chat.send", "id": "victim", "content": "hello"})
     frames = await collect(ws)
     monkeypatch.undo()

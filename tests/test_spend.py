@@ -8,6 +8,7 @@ Sonnet 5.5 in nano-USD per token: input 2000, output 10000.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -163,3 +164,77 @@ async def test_a_http_api_stream_cut_short_counts_what_it_generated(
     out = tokens("one two ")
     assert (row["id"], row["output_tokens"], bool(row["estimated"])) == (provisional["id"], out, True)
     assert len(await usage(settings.db_url)) == 1
+
+
+async def _final_and_provisional(gateway: Gateway, db_url: str) -> tuple[Any, Any, Any]:
+    """A finished turn's ids, and a provisional and a final usage row of one more request in that session."""
+    from dataclasses import replace
+
+    from gateway.server.handlers import SERVICES
+    from gateway.store.usage_row import UsageRow
+
+    ws = await gateway.ws()
+    await chat(ws, "hello")
+    await ws.close()
+    [reply] = await sql_rows(db_url, "SELECT id, session_id FROM messages WHERE role = 'assistant'")
+    base = UsageRow(
+        id="req-2", session_id=reply["session_id"], message_id=reply["id"], agent_id="default", model=MODEL,
+        status="streaming", created_at=datetime.now(UTC), input_tokens=500, output_tokens=1, total_cost=1_010_000,
+    )  # fmt: skip
+    final = replace(base, status="complete", output_tokens=40, total_cost=1_400_000)
+    return gateway.app[SERVICES].store.usage, base, final
+
+
+async def _one_final_row_counted_once(db_url: str) -> None:
+    [row] = await sql_rows(db_url, "SELECT status, output_tokens, total_cost FROM usage_records WHERE id = 'req-2'")
+    assert (row["status"], row["output_tokens"], row["total_cost"]) == ("complete", 40, 1_400_000)
+    [day] = await sql_rows(db_url, "SELECT SUM(request_count) AS n, SUM(total_cost) AS cost FROM usage_daily")
+    [rows] = await sql_rows(db_url, "SELECT COUNT(*) AS n, SUM(total_cost) AS cost FROM usage_records")
+    assert (day["n"], day["cost"]) == (rows["n"], rows["cost"]) == (2, rows["cost"])
+
+
+@pytest.mark.parametrize("order", ["provisional first", "final first"])
+async def test_a_final_usage_row_is_final_and_counted_once_whichever_write_lands_first(
+    gateway: Gateway, db_url: str, order: str
+) -> None:
+    """The end of a request no longer waits for its provisional row's write (issue 15): the final row is one upsert.
+    Whichever of the two lands first, SQL holds one final row and the rollup counts it once; a final save retried
+    after an unclear commit counts nothing twice."""
+    store, provisional, final = await _final_and_provisional(gateway, db_url)
+    if order == "provisional first":
+        await store.begin(provisional)
+        await store.insert(final)
+    else:
+        await store.insert(final)
+        await store.begin(provisional)  # arrives late: writes nothing
+    await store.insert(final)  # a retry
+    await _one_final_row_counted_once(db_url)
+
+
+async def test_on_postgresql_a_final_row_waits_in_the_database_for_a_provisional_insert_still_uncommitted(
+    pg_settings: Settings, gateway_factory: Any, pg_db_url: str
+) -> None:
+    """Several transactions run at once on PostgreSQL: the final row's upsert, meeting the provisional row's insert
+    not yet committed, waits for it in the database and then makes the row final (it neither fails on the duplicate
+    id nor leaves the row provisional)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from gateway.store.upserts import insert_usage_once
+
+    gateway = await gateway_factory(pg_settings)
+    store, provisional, final = await _final_and_provisional(gateway, pg_db_url)
+    engine = create_async_engine(pg_db_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as other:
+            transaction = await other.begin()
+            await other.run_sync(lambda conn: insert_usage_once(conn, provisional))
+            saving = asyncio.ensure_future(store.insert(final))
+            waiting = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT%'"
+            await until_row(pg_db_url, waiting)
+            assert not saving.done()
+            await transaction.commit()
+            await saving
+    finally:
+        await engine.dispose()
+    await _one_final_row_counted_once(pg_db_url)

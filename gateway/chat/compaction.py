@@ -139,7 +139,7 @@ async def _summarise(
         failure, status = exc, "failed"
     except TimeoutError:
         failure, status = errors.UpstreamTimeout("the request took longer than the total upstream timeout"), "failed"
-    await relay.usage_begun()
+    relay.usage_ended()
     if status != "complete":
         await estimate_output(s, assembled.model, relay.reply)
     ending = Ending(status, failure, started, relay.first_token_ms, relay.sent_at)

@@ -20,7 +20,7 @@ from gateway.store.usage_row import UsageRow
 from .metrics import TurnObserver
 from .reply import Reply
 from .services import Services
-from .spend import estimate_output, provisional_record, wait_begun
+from .spend import estimate_output, let_begun_go, provisional_record
 from .turn_end import record_failed_attempt, to_the_end
 from .upstream import map_error, retry_after_s
 
@@ -135,14 +135,14 @@ class Relay:
                 await asyncio.sleep(self._backoff(attempt, wait))
 
     async def _record_failed(self, failed: Reply) -> Priced | None:
-        await self.usage_begun()
+        self.usage_ended()
         return await record_failed_attempt(
             self.s, self.rows, failed, self.assembled, self.sent_at, self.started, self.step
         )
 
     def _begin_usage(self) -> None:
-        """Write the provisional row in the background: the relay does not wait for the database. Whoever writes the
-        final row waits for it first (`usage_begun`)."""
+        """Write the provisional row in the background: neither the relay nor the final row's write waits for it
+        (`usage_ended`)."""
         record = provisional_record(
             self.s, self.rows, self.assembled.model, self.reply, self.sent_at, self.started, self.step
         )
@@ -151,11 +151,11 @@ class Relay:
             self.s.store.usage.begin(record, self.reservation_ids, lambda: not reply.ended)
         )
 
-    async def usage_begun(self) -> None:
-        """The provisional row is written (or its write failed: the final save inserts the row instead)."""
+    def usage_ended(self) -> None:
+        """The request has ended: a provisional row not yet written is no longer wanted (spend.let_begun_go)."""
         if self._begun_for is not None:
             self._begun_for.ended = True
-        await wait_begun(self._begun, writes_in_order=self.s.store.database.writes_in_order)
+        let_begun_go(self._begun)
 
     async def provisional(self) -> UsageRow | None:
         """The request's usage row as known now, output estimated from what was generated; None before its first

@@ -98,7 +98,7 @@ async def stream_request(turn: Turn, rows: TurnRows, assembled: Assembled, step:
         # The reply is whole and paid for: a stop landing now (shutdown, a late chat.cancel) must not turn it into a
         # CANCELLED error with nothing saved. It is saved whole, with the status that says the turn was stopped (so a
         # tool loop goes no further).
-        if not checkpointer.saving and s.store.database.writes_in_order:
+        if not checkpointer.saving:
             # Nothing in _completed waits then: run inline, not as a task, which under load would cost the end frame
             # two passes of a busy event loop (issue 15). A stop requested meanwhile is taken here.
             await _completed(s, checkpointer, relay, assembled.model)
@@ -117,13 +117,13 @@ async def stream_request(turn: Turn, rows: TurnRows, assembled: Assembled, step:
 
 async def _completed(s: Services, checkpointer: Checkpointer, relay: Relay, model: str) -> None:
     await checkpointer.stop()
-    await relay.usage_begun()  # before the final row is written, which then finds it
+    relay.usage_ended()
     sample_output(s, model, relay.reply)
 
 
 async def _cut_short(s: Services, checkpointer: Checkpointer, relay: Relay, model: str) -> None:
     await checkpointer.stop()
-    await relay.usage_begun()
+    relay.usage_ended()
     await estimate_output(s, model, relay.reply)
 
 

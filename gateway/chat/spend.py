@@ -150,32 +150,20 @@ class LiveUsage:
     async def settled(self, *, complete: bool) -> None:
         await self._checkpoints.stop()
         self.reply.ended = True
-        await wait_begun(self._begun, writes_in_order=self.s.store.database.writes_in_order)
+        let_begun_go(self._begun)
         if complete:
             sample_output(self.s, self.model, self.reply)
         else:
             await estimate_output(self.s, self.model, self.reply)  # cut short: billed for what it generated
 
 
-async def wait_begun(begun: asyncio.Future[None] | None, *, writes_in_order: bool = False) -> None:
-    """A provisional row's write has ended: written, or failed (the final save then inserts the row). With
-    `writes_in_order` (SQLite's writer thread) there is no need to wait: the final row's write, made after this call,
-    commits after the provisional one, or the provisional one, reaching the writer after the request ended, writes
-    nothing (`UsageStore.begin`'s `wanted`). Under load the wait was most of an end frame's delay (issue 15)."""
-    if begun is None:
-        return
-    if writes_in_order:
+def let_begun_go(begun: asyncio.Future[None] | None) -> None:
+    """The request has ended; its provisional row's write may still be under way, and nobody waits for it: the final
+    row's write is an upsert that finds the provisional row or inserts the row itself (on PostgreSQL waiting, in the
+    database, for a provisional insert not yet committed), and a provisional write reaching the database after the
+    final one writes nothing. Under load the wait was most of an end frame's delay (issue 15). A failure is logged."""
+    if begun is not None:
         begun.add_done_callback(_log_failed_begin)
-        return
-    cancelled = False
-    while not begun.done():  # a cancel of the waiter must not leave the write unjudged...
-        try:
-            await asyncio.wait({begun})
-        except asyncio.CancelledError:
-            cancelled = True
-    _log_failed_begin(begun)
-    if cancelled:
-        raise asyncio.CancelledError  # ...nor be lost: the caller was cancelled
 
 
 def _log_failed_begin(begun: asyncio.Future[None]) -> None:

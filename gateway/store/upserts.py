@@ -61,6 +61,16 @@ def _finish_provisional(columns: tuple[str, ...]) -> Any:
     )
 
 
+@functools.cache
+def _save_final(dialect: str, columns: tuple[str, ...]) -> Any:
+    stmt = _insert(dialect)(_U)
+    return stmt.on_conflict_do_update(
+        index_elements=[_U.c.id],
+        set_={name: stmt.excluded[name] for name in columns if name != "id"},
+        where=_U.c.status == PROVISIONAL,
+    )
+
+
 # A usage row's status while its request is still streaming: written at the request's first upstream event and
 # updated at each checkpoint, it counts what is known so far; the request's end (or start-up recovery, after a crash)
 # makes it final. Updated in place, so the usage_daily triggers move its sums rather than add them twice.
@@ -103,13 +113,13 @@ def insert_usage_once(conn: Connection, record: UsageRow) -> bool:
 
 
 def save_usage(conn: Connection, record: UsageRow) -> bool:
-    """The final row of a request: its provisional row (same id) made final, or inserted when there was none. False
-    when the row was final already (a retried save), so nothing is counted twice."""
-    values = {c.key: v for c in _U.c if c.key != "id" and (v := getattr(record, c.key)) is not None}
-    result = conn.execute(_finish_provisional(tuple(values)), {"row_id": record.id, **values})
-    if result.rowcount:
-        return True
-    return insert_usage_once(conn, record)
+    """The final row of a request: inserted, or its provisional row (same id) made final, in one statement. False
+    when the row was final already (a retried save), so nothing is counted twice. One upsert, so the provisional
+    row's own write need not have ended: on PostgreSQL, where the two run in separate transactions at once, the
+    database orders them (an insert still uncommitted is waited for, then updated), not the gateway (issue 15)."""
+    values = {c.key: v for c in _U.c if (v := getattr(record, c.key)) is not None}
+    result = conn.execute(_save_final(conn.dialect.name, tuple(values)), values)
+    return bool(result.rowcount)
 
 
 def update_provisional(conn: Connection, record: UsageRow) -> None:
