@@ -127,7 +127,7 @@ class Relay:
                 # Forget the failed attempt before recording it: if we are cancelled while saving it or during the
                 # backoff, settle() must not record the same upstream request a second time.
                 failed, self.reply = self.reply, Reply()
-                # Its provisional row (if any) first, then its final row; a cancel meanwhile waits for both.
+                # Its final row (its provisional row, if written, made final); a cancel meanwhile waits for it.
                 priced = await to_the_end(self._record_failed(failed))
                 if priced is not None:
                     self.failed_attempts.append(priced)
