@@ -93,6 +93,8 @@ async def run(args: argparse.Namespace) -> None:
         print(f"CPU per recorded turn: {result['cpu_ms_per_turn']} ms; first token {result['ttft_ms']}")
     if "end_ms" in result:
         print(f"last delta to end: {result['end_ms']}; turns/s {result.get('turns_per_s')}")
+        if "ttft_ms" in result and "cpu_ms_per_turn" not in result:
+            print(f"first token: {result['ttft_ms']}")
         print(f"stalled: {result.get('stalled')}")
     if args.profile and stats.exists():
         p = pstats.Stats(str(stats))

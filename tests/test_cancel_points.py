@@ -6,6 +6,7 @@ the session free for the next send."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,15 +19,17 @@ from gateway.errors import DatabaseUnavailable
 from gateway.server.handlers import CONNECTIONS, SERVICES
 from gateway.store.base import Database
 from gateway.store.chats import ChatStore
+from gateway.store.sqlite_threads import CancelledAfterCommit, Writer
 from tests.conftest import TERMINAL, Gateway, chat, collect, send
 from tests.sql import sql_rows
 
 Factory = Callable[..., Awaitable[Gateway]]
 
 # Each await of Turn._run/_begin and ChatStore.begin_turn, by the function awaited: a cancel is delivered at its
-# start (before) or, where the callee can raise CancelledError after its effect, at its end (after). A shielded unit
-# of work does exactly that: SQLite's thread finishes (and commits) and the cancel is raised afterwards. The others
-# have no await after their effect (the lock, the reservation), so a cancel cannot land between effect and return.
+# start (before) or, where the callee can raise CancelledError after its effect, at its end (after). A unit of work
+# does exactly that: SQLite's thread finishes (and commits) and the cancel is raised afterwards, as
+# CancelledAfterCommit when it wrote. The others have no await after their effect (the lock, the reservation), so a
+# cancel cannot land between effect and return.
 POINTS: list[tuple[Any, str, bool, bool]] = [
     # where, name, only_writes, can_end_cancelled
     (ChatStore, "session_with_history", False, True),
@@ -76,11 +79,23 @@ def _cancel_at(monkeypatch: pytest.MonkeyPatch, where: Any, name: str, only_writ
             fired.append(1)
             victim.cancel()
             if task is victim:
-                await asyncio.sleep(0)  # delivered here: after the call's effect, as a shielded call raises it
+                await _cancelled_at_the_end(result, wrote=name == "begin_turn" or kwargs.get("write") is True)
         return result
 
     monkeypatch.setattr(where, name, hooked)
     return fired
+
+
+async def _cancelled_at_the_end(result: Any, *, wrote: bool) -> None:
+    """Deliver the cancel just sent to this task here, after the call's effect, as the call itself raises it: a
+    write awaited in the turn's own task (SQLite's) reports that it committed (CancelledAfterCommit), a read a plain
+    cancel."""
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        if wrote:
+            raise CancelledAfterCommit(result) from None
+        raise
 
 
 async def _check_after(gateway: Gateway, db_url: str, frames: list[dict[str, Any]], session_id: str | None) -> None:
@@ -134,7 +149,7 @@ async def test_a_turn_stopped_just_after_its_write_keeps_why(
             victim.turn.cancel_reason = reason  # as Connection.stop_turn does, before it cancels
             victim.turn_task.cancel()
             if task is victim.turn_task:
-                await asyncio.sleep(0)
+                await _cancelled_at_the_end(result, wrote=True)
         return result
 
     monkeypatch.setattr(Database, "run", hooked)
@@ -196,12 +211,17 @@ async def test_a_turn_stopped_twice_while_its_user_turn_is_written_ends_once_as_
 
     async def hooked(self: ChatStore, **kwargs: Any) -> Any:
         victim = next(t for t in asyncio.all_tasks() if t.get_name() == "turn-victim")
-        for _ in range(2):  # the write runs on, shielded, while the turn waits for it
-            victim.cancel()
-            for _ in range(3):
-                await asyncio.sleep(0)
-        if write == "fails":
-            raise DatabaseUnavailable("database unavailable: test")
+        if asyncio.current_task() is not victim:
+            # PostgreSQL: the write runs in a task of its own, shielded, while the turn waits for it.
+            for _ in range(2):
+                victim.cancel()
+                for _ in range(3):
+                    await asyncio.sleep(0)
+            if write == "fails":
+                raise DatabaseUnavailable("database unavailable: test")
+            return await original(self, **kwargs)
+        # SQLite: the turn awaits the writer thread itself; both stops land while the transaction is held open.
+        _hold_the_next_write(monkeypatch, victim, fail=write == "fails")
         return await original(self, **kwargs)
 
     monkeypatch.setattr(ChatStore, "begin_turn", hooked)
@@ -212,6 +232,32 @@ async def test_a_turn_stopped_twice_while_its_user_turn_is_written_ends_once_as_
     assert (frames[-1]["type"], frames[-1]["code"]) == ("error", "CANCELLED")
     assert await _ended_reply(db_url, frames[-1]) is (write == "succeeds")
     await _check_after(gateway, db_url, frames, session_id)
+
+
+def _hold_the_next_write(monkeypatch: pytest.MonkeyPatch, victim: asyncio.Task[Any], *, fail: bool) -> None:
+    """The next write SQLite's writer thread takes waits, inside its transaction, until `victim` was cancelled twice
+    (the second while it waits for the transaction to end); then it commits, or fails (`fail`)."""
+    gate = threading.Event()
+    loop = asyncio.get_running_loop()
+    submit = Writer.submit
+
+    def held(writer: Writer, work: Callable[[Any], Any], *, background: bool) -> Any:
+        monkeypatch.setattr(Writer, "submit", submit)  # this write only
+
+        def gated(connection: Any) -> Any:
+            gate.wait(10)
+            if fail:
+                raise DatabaseUnavailable("database unavailable: test")
+            return work(connection)
+
+        def stop_twice() -> None:
+            victim.cancel()
+            loop.call_soon(lambda: (victim.cancel(), gate.set()))
+
+        loop.call_soon(stop_twice)
+        return submit(writer, gated, background=background)
+
+    monkeypatch.setattr(Writer, "submit", held)
 
 
 @pytest.mark.parametrize(("reason", "status"), [("shutdown", "interrupted"), ("cancelled", "cancelled")])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from gateway import errors
 from gateway.billing.budgets import Reservation
@@ -16,7 +16,7 @@ from gateway.context.inspection import calibrated, calibration_ratio, estimate_i
 from gateway.context.window import effective_window, too_large_message
 from gateway.context.workspace import Workspace
 from gateway.protocol import Request, RequestId
-from gateway.store import HistoryItem, TurnRows
+from gateway.store import CancelledAfterCommit, HistoryItem, TurnRows
 from gateway.store.chats import new_id
 from gateway.store.models import ApiKey, ChatSession
 from gateway.store.snapshots import StaleSnapshot
@@ -27,7 +27,7 @@ from .relay import SendRaw
 from .request import CANCEL_STATUS, TurnContext
 from .services import Services
 from .tool_loop import ToolLoop
-from .turn_end import end_begun_after_cancel
+from .turn_end import write_begun
 from .turn_frames import duplicate_frame, error_with, model_for, session_key
 
 log = logging.getLogger(__name__)
@@ -181,25 +181,21 @@ class Turn:
             # Locked before its rows exist, so no other process's start-up recovery takes its reply for an orphan.
             new_session_id = new_id()
             self._lease = await s.locks.acquire(new_session_id)
-        # A task of its own, awaited through a shield: a cancel of this turn must not cut the write short unjudged.
-        writing = asyncio.get_running_loop().create_task(
-            s.store.chats.begin_turn(
-                session_id=session.id if session is not None else new_session_id,
-                create=session is None,
-                agent_id=agent_id,
-                model=model,
-                content=req.get("content"),
-                idempotency_key=key,
-                history=history,
-                snapshot_count=snapshot.session.message_count if snapshot is not None else None,
-                key_id=self.key.id if self.key is not None else None,
-            ),
-            name=f"turn-{self.rid}-begin",
+        begin = s.store.chats.begin_turn(
+            session_id=session.id if session is not None else new_session_id,
+            create=session is None,
+            agent_id=agent_id,
+            model=model,
+            content=req.get("content"),
+            idempotency_key=key,
+            history=history,
+            snapshot_count=snapshot.session.message_count if snapshot is not None else None,
+            key_id=self.key.id if self.key is not None else None,
         )
         try:
-            rows = await asyncio.shield(writing)
-        except asyncio.CancelledError:
-            await self._end_begun(writing)
+            rows = await write_begun(s, begin, self._cancel_status, f"turn-{self.rid}-begin")
+        except CancelledAfterCommit as cancelled:
+            self.session_id = cast(TurnRows, cancelled.result).session.id  # its error frame names the session
             raise
         except errors.DuplicateRequest:
             # Another send with this key won the race to the unique index: answer with its state, start nothing.
@@ -210,11 +206,8 @@ class Turn:
         self.first_reply_id = rows.assistant_message.id
         return rows, assembled, estimate
 
-    async def _end_begun(self, writing: asyncio.Future[TurnRows]) -> None:
-        status = CANCEL_STATUS.get(self.cancel_reason or "cancelled", "cancelled")
-        rows = await end_begun_after_cancel(self.s, writing, status)
-        if rows is not None:
-            self.session_id = rows.session.id
+    def _cancel_status(self) -> str:
+        return CANCEL_STATUS.get(self.cancel_reason or "cancelled", "cancelled")
 
     async def _recover_orphans(self, history: list[HistoryItem]) -> None:
         """We hold the session's lock, so a reply in it still `streaming` was left by a process that died."""

@@ -10,12 +10,12 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from gateway import errors
 from gateway.billing.accounting import Priced
 from gateway.context.assembly import Assembled
-from gateway.store import TurnRows
+from gateway.store import CancelledAfterCommit, TurnRows
 from gateway.store.usage_row import UsageRow
 
 from .reply import Reply
@@ -115,15 +115,46 @@ async def settle(
     return accounted
 
 
+async def write_begun(
+    s: Services, begin: Coroutine[Any, Any, TurnRows], cancel_status: Callable[[], str], name: str
+) -> TurnRows:
+    """Write a turn's user message and empty reply (`begin`, ChatStore.begin_turn). A cancel meanwhile does not cut
+    the write short unjudged: it runs to its end, a reply it wrote is ended with `cancel_status()` (or it would stay
+    `streaming` until the next send or a restart; issue 14: 11 of 2,000 churned sends), and the cancel is raised as
+    CancelledAfterCommit carrying the rows when they were written.
+
+    On SQLite the write is awaited directly (the writer thread's transaction cannot be interrupted, and it reports a
+    commit that outlived the cancel): the turn goes on one pass of the event loop after the commit, where a task of
+    its own and a shield cost three (issue 15: under load, tens of milliseconds each before the first token). On
+    PostgreSQL a cancel would roll the transaction back, so it runs in a task of its own, through a shield."""
+    if s.store.database.writes_in_order:
+        try:
+            return await begin
+        except CancelledAfterCommit as cancelled:
+            await _end_reply_after_cancel(s, cast(TurnRows, cancelled.result), cancel_status())
+            raise
+    writing = asyncio.get_running_loop().create_task(begin, name=name)
+    try:
+        return await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        rows = await end_begun_after_cancel(s, writing, cancel_status())
+        if rows is not None:
+            raise CancelledAfterCommit(rows) from None
+        raise
+
+
 async def end_begun_after_cancel(s: Services, writing: asyncio.Future[TurnRows], status: str) -> TurnRows | None:
-    """A turn was cancelled while its user turn was being written. The write runs to its end regardless (a commit may
-    be under way, and SQLite's thread cannot be interrupted); if it wrote the rows, the empty reply is ended here with
-    `status`, or it would stay `streaming` until the next send or a restart (issue 14: 11 of 2,000 churned sends).
-    Returns the rows when they were written."""
+    """A request was cancelled while `writing` wrote its user turn (or its HTTP exchange's messages) in a task of its
+    own: let the write end, and end the empty reply it wrote with `status`. Returns the rows when they were written."""
     await unstoppable(writing)
     if writing.cancelled() or writing.exception() is not None:
         return None  # nothing was written
     rows = writing.result()
+    await _end_reply_after_cancel(s, rows, status)
+    return rows
+
+
+async def _end_reply_after_cancel(s: Services, rows: TurnRows, status: str) -> None:
     ending = asyncio.ensure_future(
         s.store.chats.finish_turn(
             message_id=rows.assistant_message.id,
@@ -141,7 +172,6 @@ async def end_begun_after_cancel(s: Services, writing: asyncio.Future[TurnRows],
         # The database failed just now: the reply stays `streaming` until the next send into the session (which holds
         # the lock and recovers it) or a restart marks it `interrupted`.
         log.warning("could not end reply %s after a cancel: %s", rows.assistant_message.id, ending.exception())
-    return rows
 
 
 async def to_the_end(work: Coroutine[Any, Any, T]) -> T:

@@ -15,6 +15,7 @@ from .history import HistoryItem
 from .keys import KeyStore, KeyUsage
 from .reservations import Held, HolderSpend, ReservationStore
 from .sessions import HistoryPage, SessionPage, SessionStore
+from .sqlite_threads import CancelledAfterCommit
 from .tool_calls import StepSaved, ToolCallStore
 from .transcripts import NewMessage, TailMoved, TranscriptStore
 from .usage import UsageFilters, UsageStore, UsageTotals
@@ -35,6 +36,7 @@ class Store:
 
 
 __all__ = [
+    "CancelledAfterCommit",
     "ChatStore",
     "Compacted",
     "CompactionConflict",

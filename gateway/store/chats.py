@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
@@ -19,6 +19,7 @@ from .calibration import Calibrations
 from .history import HistoryItem, HistoryLoader, HistoryRead, version_at
 from .models import ChatSession, Message, TokenCalibration
 from .snapshots import Snapshot, Snapshots, StaleSnapshot
+from .sqlite_threads import CancelledAfterCommit
 from .tool_calls import interrupt_open_calls
 from .upserts import add_calibration, save_usage, update_provisional
 from .usage_row import UsageRow
@@ -190,6 +191,9 @@ class ChatStore:
 
         try:
             rows = await self._db.run(work, write=True)
+        except CancelledAfterCommit as cancelled:
+            self._begun(cast(TurnRows, cancelled.result), history)  # the caller ends the reply it wrote
+            raise
         except StaleSnapshot:
             self._snapshots.drop(session_id)
             raise
@@ -198,11 +202,14 @@ class ChatStore:
             if idempotency_key is not None and await self.find_by_idempotency_key(idempotency_key) is not None:
                 raise DuplicateRequest(f"a send with idempotencyKey {idempotency_key!r} already exists") from exc
             raise
+        self._begun(rows, history)
+        return rows
+
+    def _begun(self, rows: TurnRows, history: list[HistoryItem] | None) -> None:
         if history is not None:
             user = rows.user_message
             as_read = HistoryItem(user.id, "user", user.content, version_at(user.updated_at), user.status)
             self._snapshots.begun(rows.assistant_message.id, rows.session, history, as_read)
-        return rows
 
     def drop_snapshot(self, session_id: str) -> None:
         """The session changed in a way a snapshot cannot follow (it was compacted): the next send reads it afresh."""

@@ -31,6 +31,15 @@ MAX_BATCH = 64
 READER_THREADS = 2
 
 
+class CancelledAfterCommit(asyncio.CancelledError):
+    """The waiter of a write was cancelled, and the write committed all the same (the writer thread cannot be
+    interrupted): `result` is what its work returned. A cancellation like any other to whoever does not look."""
+
+    def __init__(self, result: object) -> None:
+        super().__init__("cancelled after the write committed")
+        self.result = result
+
+
 class SqliteThreads:
     """A sync engine on the same file, one writer thread and a few reader threads. Threads start on first use."""
 
@@ -62,9 +71,14 @@ class SqliteThreads:
             return cast(T, await result)
         except asyncio.CancelledError:
             # `result` is cancelled with us, but a thread cannot be interrupted: let the transaction end (committed
-            # or not) before our caller moves on, so nothing it does next overlaps a transaction still running.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(ended)
+            # or not), however often we are cancelled meanwhile, so nothing our caller does next overlaps it; and
+            # tell the caller whether it committed.
+            while not ended.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({ended})
+            committed, value = ended.result()
+            if committed:
+                raise CancelledAfterCommit(value) from None
             raise
 
     def close(self) -> None:
@@ -84,9 +98,10 @@ async def _to_the_end(future: asyncio.Future[T]) -> T:
 
 
 # A queued write: its work, the future of its result, the future set when its transaction has ended (also when the
-# result's waiter was cancelled), and the loop they belong to.
-Queued = tuple[Callable[[Connection], Any], "asyncio.Future[Any]", "asyncio.Future[None]", asyncio.AbstractEventLoop]
-Settled = tuple["asyncio.Future[Any]", "asyncio.Future[None]", bool, object]
+# result's waiter was cancelled) to whether it committed and what the work returned, and the loop they belong to.
+Ended = tuple[bool, object]
+Queued = tuple[Callable[[Connection], Any], "asyncio.Future[Any]", "asyncio.Future[Ended]", asyncio.AbstractEventLoop]
+Settled = tuple["asyncio.Future[Any]", "asyncio.Future[Ended]", bool, object]
 
 
 class Writer:
@@ -107,11 +122,11 @@ class Writer:
 
     def submit(
         self, work: Callable[[Connection], Any], *, background: bool
-    ) -> tuple[asyncio.Future[Any], asyncio.Future[None]]:
+    ) -> tuple[asyncio.Future[Any], asyncio.Future[Ended]]:
         """The futures of the write's result and of its transaction's end."""
         loop = asyncio.get_running_loop()
         result: asyncio.Future[Any] = loop.create_future()
-        ended: asyncio.Future[None] = loop.create_future()
+        ended: asyncio.Future[Ended] = loop.create_future()
         with self._ready:
             if self._closed:
                 raise RuntimeError("the SQLite writer is closed")
@@ -157,7 +172,7 @@ class Writer:
 
 def _settle(settled: list[Settled]) -> None:
     for result, ended, ok, value in settled:
-        ended.set_result(None)
+        ended.set_result((ok, value if ok else None))
         if result.done():
             continue  # its waiter was cancelled
         if ok:
