@@ -267,3 +267,51 @@ async def test_a_conversation_alternating_between_processes_stays_one_session(
     assert await here.rows("select message_count from sessions") == [(12,)]
     await here.sdk.close()
     await there.sdk.close()
+
+
+async def test_a_shutdown_while_the_messages_are_written_ends_the_reply_interrupted(
+    gateway_factory: Factory, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown landing while an HTTP request's messages are being written (on SQLite the request waits for the
+    writer thread itself): the write runs to its end, the empty reply it made is ended `interrupted`, not left
+    `streaming`; the client, stopped before it had an answer, sees the connection close."""
+    import threading
+
+    from gateway.server.anthropic_api import IN_FLIGHT, stop_all
+    from gateway.store.sqlite_threads import Writer
+
+    api = await make_api(gateway_factory, settings)
+    app = api.gateway.app
+    inside, gate = threading.Event(), threading.Event()
+    submit = Writer.submit
+
+    def held(writer: Writer, work: Any, *, background: bool) -> Any:
+        if not work.__qualname__.startswith("TranscriptStore.begin"):
+            return submit(writer, work, background=background)
+        monkeypatch.setattr(Writer, "submit", submit)  # this write only: the request's messages
+
+        def gated(connection: Any) -> Any:
+            inside.set()
+            gate.wait(10)
+            return work(connection)
+
+        return submit(writer, gated, background=background)
+
+    if settings.db_url.startswith("sqlite"):
+        monkeypatch.setattr(Writer, "submit", held)
+    else:
+        pytest.skip("PostgreSQL writes in a task of its own; test_cancel_points covers it")
+    sending = asyncio.ensure_future(api.sdk.messages.create(model=MODEL, max_tokens=64, messages=[user("hello")]))
+    await asyncio.to_thread(inside.wait, 10)
+    stopping = asyncio.ensure_future(stop_all(app))
+    while not all(task.cancelling() for task in app[IN_FLIGHT]):  # noqa: ASYNC110 - stop_all cancels, then waits
+        await asyncio.sleep(0)
+    gate.set()
+    await stopping
+    with pytest.raises(anthropic.APIConnectionError):  # stopped before it had an answer: the connection closes
+        await sending
+    assert await api.rows("select role, status, text from messages order by seq") == [
+        ("user", "complete", "hello"),
+        ("assistant", "interrupted", ""),
+    ]
+    await api.sdk.close()

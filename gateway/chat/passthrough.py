@@ -32,7 +32,7 @@ from .passthrough_stream import Exchange
 from .services import Services
 from .spend import LiveUsage, billed_usage
 from .transcript import base_hash, blocks_of, extend, message_hash, prefix_hashes, stored_blocks, text_of
-from .turn_end import end_begun_after_cancel, saved_through_outage, to_the_end
+from .turn_end import saved_through_outage, to_the_end, write_begun
 from .turn_frames import usage_record
 from .upstream import map_error
 
@@ -159,24 +159,18 @@ class Passthrough:
         for message in new:
             blocks = stored_blocks(message.get("content"))
             rows.append(NewMessage(str(message["role"]), blocks, text_of(blocks_of(blocks))))
-        writing = asyncio.ensure_future(
-            self.s.store.transcripts.begin(
-                session_id=session_id,
-                create=create,
-                expected_tail=expected,
-                agent_id=self.call.agent_id,
-                model=self.model,
-                new=rows,
-                tail=self.hashes[-1],
-                key_id=self.call.key.id if self.call.key is not None else None,
-            )
+        begin = self.s.store.transcripts.begin(
+            session_id=session_id,
+            create=create,
+            expected_tail=expected,
+            agent_id=self.call.agent_id,
+            model=self.model,
+            new=rows,
+            tail=self.hashes[-1],
+            key_id=self.call.key.id if self.call.key is not None else None,
         )
-        try:
-            return await asyncio.shield(writing)
-        except asyncio.CancelledError:
-            # Shut down mid-write: the write runs to its end, and an empty reply it made is ended, not left streaming.
-            await end_begun_after_cancel(self.s, writing, "interrupted")
-            raise
+        # Shut down mid-write: the write runs to its end, and an empty reply it made is ended, not left streaming.
+        return await write_begun(self.s, begin, lambda: "interrupted", "http-begin")
 
     async def send(self) -> Exchange:
         """The request upstream, as it came. An error status is an exchange too: relayed as the upstream sent it."""

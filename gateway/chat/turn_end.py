@@ -118,7 +118,8 @@ async def settle(
 async def write_begun(
     s: Services, begin: Coroutine[Any, Any, TurnRows], cancel_status: Callable[[], str], name: str
 ) -> TurnRows:
-    """Write a turn's user message and empty reply (`begin`, ChatStore.begin_turn). A cancel meanwhile does not cut
+    """Write a turn's user message and empty reply (`begin`: ChatStore.begin_turn, or TranscriptStore.begin for the
+    HTTP API). A cancel meanwhile does not cut
     the write short unjudged: it runs to its end, a reply it wrote is ended with `cancel_status()` (or it would stay
     `streaming` until the next send or a restart; issue 14: 11 of 2,000 churned sends), and the cancel is raised as
     CancelledAfterCommit carrying the rows when they were written.
@@ -137,13 +138,13 @@ async def write_begun(
     try:
         return await asyncio.shield(writing)
     except asyncio.CancelledError:
-        rows = await end_begun_after_cancel(s, writing, cancel_status())
+        rows = await _end_begun_after_cancel(s, writing, cancel_status())
         if rows is not None:
             raise CancelledAfterCommit(rows) from None
         raise
 
 
-async def end_begun_after_cancel(s: Services, writing: asyncio.Future[TurnRows], status: str) -> TurnRows | None:
+async def _end_begun_after_cancel(s: Services, writing: asyncio.Future[TurnRows], status: str) -> TurnRows | None:
     """A request was cancelled while `writing` wrote its user turn (or its HTTP exchange's messages) in a task of its
     own: let the write end, and end the empty reply it wrote with `status`. Returns the rows when they were written."""
     await unstoppable(writing)

@@ -21,6 +21,7 @@ from . import chat_sql as sql
 from .base import Database
 from .chats import TurnRows, make_title, new_id
 from .models import ChatSession, Message
+from .sqlite_threads import CancelledAfterCommit
 from .upserts import save_usage
 from .usage_row import UsageRow
 
@@ -162,6 +163,9 @@ class TranscriptStore:
 
         try:
             rows = await self._db.run(work, write=True)
+        except CancelledAfterCommit:
+            self._remember(session_id, tail)  # written all the same: the session's tail is this request's
+            raise
         except TailMoved:
             self.forget(session_id)
             raise
