@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import struct
+from collections.abc import Callable
 
 
 async def upgrade(host: str, port: int, path: str = "/gateway", headers: str = "") -> tuple[int, RawSocket]:
@@ -56,11 +57,17 @@ class RawSocket:
 
     async def frames(self, within_s: float = 30) -> list[tuple[int, bytes]]:
         """Every frame the gateway sends until it closes the TCP connection: (opcode, payload)."""
+        return await self.frames_until(lambda _: False, within_s)
+
+    async def frames_until(
+        self, done: Callable[[list[tuple[int, bytes]]], bool], within_s: float = 30
+    ) -> list[tuple[int, bytes]]:
+        """The frames the gateway sends until `done(frames so far)`, or it closes the TCP connection."""
         out: list[tuple[int, bytes]] = []
         buffer = b""
         try:
             async with asyncio.timeout(within_s):
-                while chunk := await self.reader.read(65536):
+                while not done(out) and (chunk := await self.reader.read(65536)):
                     buffer += chunk
                     while len(buffer) >= 2:
                         length, start = buffer[1] & 0x7F, 2

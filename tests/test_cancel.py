@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,9 +12,10 @@ from aiohttp import ClientWebSocketResponse
 from gateway.server.connection import Connection
 from gateway.server.handlers import CONNECTIONS
 from gateway.settings import Settings
-from tests.conftest import Gateway, chat, collect, deltas, recv, request, send
+from tests.conftest import TERMINAL, Gateway, chat, collect, deltas, recv, request, send
 from tests.databases import rows
 from tests.fake_anthropic import FakeAnthropic, Reply
+from tests.raw_ws import text_frame, texts, upgrade
 
 Factory = Callable[[Settings], Awaitable[Gateway]]
 TEXT = "one two three four five six seven eight"
@@ -140,3 +142,33 @@ async def test_cancel_before_the_first_token(ws: ClientWebSocketResponse, fake: 
     assert deltas(frames) == ""
     assert (await recv(ws))["type"] == "chat.cancelled"
     assert await fake.wait_stream_closed() is True
+
+
+async def test_a_cancel_read_together_with_its_send_still_ends_the_send_with_its_terminal_frame(
+    gateway: Gateway, db_url: str
+) -> None:
+    """chat.send and chat.cancel in one TCP segment, so the gateway reads both before the send's turn has run a line:
+    a turn cancelled before its first step would end without its terminal frame (seen by hand: the client waited
+    forever, and the session stayed busy for this connection). The send gets exactly one terminal frame."""
+    first = await gateway.ws()
+    session_id = (await chat(first, "first"))[-1]["sessionId"]
+    await first.close()
+    server = gateway.client.server
+    status, raw = await upgrade(str(server.host), int(server.port or 0))
+    assert status == 101
+    both = [
+        {"type": "chat.send", "id": "s1", "content": "again", "sessionId": session_id},
+        {"type": "chat.cancel", "id": "c1", "sessionId": session_id},
+    ]
+    assert await raw.send(b"".join(text_frame(json.dumps(frame)) for frame in both))
+
+    def answered(frames: list[tuple[int, bytes]]) -> bool:
+        ids = {(f["id"], f["type"]) for f in texts(frames)}
+        return ("c1", "chat.cancelled") in ids and any(i == "s1" and t in TERMINAL for i, t in ids)
+
+    got = texts(await raw.frames_until(answered, within_s=10))
+    raw.close()
+    terminal = [f for f in got if f["id"] == "s1" and f["type"] in TERMINAL]
+    assert [(f["type"], f.get("code")) for f in terminal] == [("error", "CANCELLED")]
+    assert ("chat.cancelled", session_id) in {(f["type"], f.get("sessionId")) for f in got if f["id"] == "c1"}
+    assert await rows(db_url, "SELECT status FROM messages WHERE status = 'streaming'") == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -260,7 +261,12 @@ class Connection:
         if turn is None or task is None or task.done():
             return
         turn.cancel_reason = reason
-        task.cancel()
+        if inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED:  # type: ignore[arg-type]
+            # Not started yet (its chat.send and this frame came in one read): a task cancelled before its first step
+            # ends without running a line of it, so without its terminal frame. Cancel it once it has started.
+            task.get_loop().call_soon(task.cancel)
+        else:
+            task.cancel()
         # asyncio.wait, not gather: if our caller is cancelled too, the turn must still finish saving, not be
         # cancelled a second time in the middle of it.
         await asyncio.wait({task})
