@@ -119,10 +119,9 @@ async def write_begun(
     s: Services, begin: Coroutine[Any, Any, TurnRows], cancel_status: Callable[[], str], name: str
 ) -> TurnRows:
     """Write a turn's user message and empty reply (`begin`: ChatStore.begin_turn, or TranscriptStore.begin for the
-    HTTP API). A cancel meanwhile does not cut
-    the write short unjudged: it runs to its end, a reply it wrote is ended with `cancel_status()` (or it would stay
-    `streaming` until the next send or a restart; issue 14: 11 of 2,000 churned sends), and the cancel is raised as
-    CancelledAfterCommit carrying the rows when they were written.
+    HTTP API). A cancel meanwhile does not cut the write short unjudged: it runs to its end, a reply it wrote is
+    ended with `cancel_status()` (or it would stay `streaming` until the next send or a restart; issue 14: 11 of 2,000
+    churned sends), and the cancel is raised as CancelledAfterCommit carrying the rows when they were written.
 
     On SQLite the write is awaited directly (the writer thread's transaction cannot be interrupted, and it reports a
     commit that outlived the cancel): the turn goes on one pass of the event loop after the commit, where a task of
