@@ -192,7 +192,8 @@ class ChatStore:
         try:
             rows = await self._db.run(work, write=True)
         except CancelledAfterCommit as cancelled:
-            self._begun(cast(TurnRows, cancelled.result), history)  # the caller ends the reply it wrote
+            written = cast(TurnRows, cancelled.result)  # the caller ends the reply it wrote
+            self._snapshots.written(written.assistant_message.id, written.session, history, written.user_message)
             raise
         except StaleSnapshot:
             self._snapshots.drop(session_id)
@@ -202,14 +203,8 @@ class ChatStore:
             if idempotency_key is not None and await self.find_by_idempotency_key(idempotency_key) is not None:
                 raise DuplicateRequest(f"a send with idempotencyKey {idempotency_key!r} already exists") from exc
             raise
-        self._begun(rows, history)
+        self._snapshots.written(rows.assistant_message.id, rows.session, history, rows.user_message)
         return rows
-
-    def _begun(self, rows: TurnRows, history: list[HistoryItem] | None) -> None:
-        if history is not None:
-            user = rows.user_message
-            as_read = HistoryItem(user.id, "user", user.content, version_at(user.updated_at), user.status)
-            self._snapshots.begun(rows.assistant_message.id, rows.session, history, as_read)
 
     def drop_snapshot(self, session_id: str) -> None:
         """The session changed in a way a snapshot cannot follow (it was compacted): the next send reads it afresh."""

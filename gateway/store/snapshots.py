@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .history import HistoryItem
-from .models import ChatSession
+from .history import HistoryItem, version_at
+from .models import ChatSession, Message
 
 # Bounded by the characters of text held (the history loader's cache has the same bound; contents read from the
 # database are the same objects in both). A full table only means more reads, never a wrong answer.
@@ -60,6 +60,12 @@ class Snapshots:
         chars = known.chars if known is not None and known.history is history else sum(map(_chars, history))
         self.drop(session.id)  # until the reply is saved, only a read knows the session's state
         self._pending[reply_id] = (session, [*history, user], chars + _chars(user))
+
+    def written(self, reply_id: str, session: ChatSession, history: list[HistoryItem] | None, user: Message) -> None:
+        """begin_turn wrote `user` and the reply `reply_id` (even if its caller was cancelled meanwhile)."""
+        if history is not None:
+            as_read = HistoryItem(user.id, "user", user.content, version_at(user.updated_at), user.status)
+            self.begun(reply_id, session, history, as_read)
 
     def finished(self, reply: HistoryItem) -> None:
         """The reply was saved; `reply` is as a read would return it. (A failed save calls `abandon` instead.)"""
