@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -17,7 +18,7 @@ from gateway.context.tokens import TokenCounter
 from gateway.server.handlers import SERVICES
 from gateway.settings import Settings
 from gateway.store.keys import new_key
-from tests.conftest import chat, request
+from tests.conftest import chat, make_settings, request
 from tests.fake_anthropic import FakeAnthropic, Reply
 from tests.http_api import MODEL, Api, Factory, assistant, db_rows, make_api, user
 
@@ -270,7 +271,7 @@ async def test_a_conversation_alternating_between_processes_stays_one_session(
 
 
 async def test_a_shutdown_while_the_messages_are_written_ends_the_reply_interrupted(
-    gateway_factory: Factory, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    gateway_factory: Factory, tmp_path: Path, fake: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A shutdown landing while an HTTP request's messages are being written (on SQLite the request waits for the
     writer thread itself): the write runs to its end, the empty reply it made is ended `interrupted`, not left
@@ -280,6 +281,8 @@ async def test_a_shutdown_while_the_messages_are_written_ends_the_reply_interrup
     from gateway.server.anthropic_api import IN_FLIGHT, stop_all
     from gateway.store.sqlite_threads import Writer
 
+    # SQLite only: PostgreSQL writes in a task of its own, through a shield (test_cancel_points covers both).
+    settings = make_settings(tmp_path / "home", fake, f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
     api = await make_api(gateway_factory, settings)
     app = api.gateway.app
     inside, gate = threading.Event(), threading.Event()
@@ -297,10 +300,7 @@ async def test_a_shutdown_while_the_messages_are_written_ends_the_reply_interrup
 
         return submit(writer, gated, background=background)
 
-    if settings.db_url.startswith("sqlite"):
-        monkeypatch.setattr(Writer, "submit", held)
-    else:
-        pytest.skip("PostgreSQL writes in a task of its own; test_cancel_points covers it")
+    monkeypatch.setattr(Writer, "submit", held)
     sending = asyncio.ensure_future(api.sdk.messages.create(model=MODEL, max_tokens=64, messages=[user("hello")]))
     await asyncio.to_thread(inside.wait, 10)
     stopping = asyncio.ensure_future(stop_all(app))
