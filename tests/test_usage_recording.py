@@ -17,7 +17,7 @@ from gateway.server.handlers import CONNECTIONS
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, recv, request, send
 from tests.fake_anthropic import FakeAnthropic, Reply
-from tests.sql import sql_rows
+from tests.sql import sql_exec, sql_rows
 
 GatewayFactory = Callable[[Settings], Awaitable[Gateway]]
 
@@ -340,6 +340,30 @@ async def test_a_retried_attempt_cut_short_in_a_tool_call_is_billed_as_estimated
     assert (failed["estimated_output_tokens"], failed["estimated_cost"]) == (out - 1, (out - 1) * 10_000)
     assert failed["total_cost"] == 120 * 2000 + out * 10_000
     assert (complete["status"], bool(complete["estimated"])) == ("complete", False)
+
+
+async def test_a_retried_attempt_cut_short_is_billed_calibrated_per_model(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    """The failed attempt's estimate is scaled like a stopped reply's, by what Anthropic counted for this model."""
+    # Anthropic has counted 3 tokens for every 2 of ours in this model's complete replies.
+    await sql_exec(
+        settings.db_url,
+        "INSERT INTO token_calibration (model, samples, estimated_tokens, reported_tokens, updated_at, output_samples,"
+        " output_estimated_tokens, output_reported_tokens) VALUES (:m, 0, 0, 0, '2026-01-01', 10, 2000, 3000)",
+        m="claude-sonnet-5-5",
+    )
+    call = {"type": "tool_use", "id": "toolu_cut", "name": "get_weather", "input": {"city": "Reykjavik, Iceland"}}
+    fake.queue(
+        Reply(thinking=None, blocks=[call], error_after_block_events=4, input_tokens=120, output_tokens_before_error=1),
+        Reply(text="finally", input_tokens=120, output_tokens=9),
+    )
+    end = (await chat(ws, "weather?"))[-1]
+    assert (end["type"], end["requests"]) == ("chat.stream.end", 2)
+    failed, _ = await usage_rows(settings.db_url)
+    out = -(-generated('{"city":"Reykjavik, Ic') * 3 // 2)
+    assert (failed["status"], failed["output_tokens"], failed["estimated_output_tokens"]) == ("failed", out, out - 1)
+    assert failed["total_cost"] == 120 * 2000 + out * 10_000
 
 
 async def test_cancel_during_retry_backoff_does_not_count_the_attempt_twice(
