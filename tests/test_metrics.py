@@ -17,7 +17,7 @@ from gateway.server.logs import JsonFormatter
 from gateway.server.workers import merge
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, recv, send
-from tests.fake_anthropic import FakeAnthropic, Reply
+from tests.fake_anthropic import COMPACTION_REQUEST, FakeAnthropic, Reply
 from tests.sql import sql_rows
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -79,6 +79,35 @@ async def test_metrics_count_turns_tokens_cost_and_latencies(
     assert value(after, "agentspace_gateway_overhead_seconds_count", phase="delta") == 6 + 4
     assert value(after, "agentspace_db_statement_seconds_count", operation="insert") >= 2
     assert value(after, "agentspace_db_statement_seconds_count", operation="select") >= 2
+
+
+async def test_a_send_stopped_before_its_user_turn_is_written_is_counted_rejected_as_cancelled(
+    gateway: Gateway, ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    """Stopped while its session is compacted first, before anything of the turn is stored: the client gets one
+    CANCELLED error naming the session, and /metrics counts a turn rejected with that code."""
+    toml = settings.home / "agents" / "small" / "agent.toml"
+    toml.parent.mkdir(parents=True)
+    toml.write_text("[context]\nkeep_turns = 1\nauto_compact = false\n", encoding="utf-8")
+    session_id = (await chat(ws, "First question.", agentId="small"))[-1]["sessionId"]
+    for text in ("Second question.", "Third question."):
+        assert (await chat(ws, text, sessionId=session_id))[-1]["type"] == "chat.stream.end"
+    # From now on any request of this agent's is over 5 % of its window: the next send compacts first.
+    toml.write_text("[context]\nkeep_turns = 1\nwindow = 1000\ncompact_at = 0.05\n", encoding="utf-8")
+    fake.queue(Reply(hold_after_deltas=1))
+    await send(ws, {"type": "chat.send", "id": "t4", "content": "Fourth question.", "sessionId": session_id})
+    await fake.wait_held()
+    assert fake.requests[-1].body["messages"][-1]["content"][-1]["text"].startswith(COMPACTION_REQUEST)
+    await send(ws, {"type": "chat.cancel", "id": "x1", "sessionId": session_id})
+    frames = await collect(ws, until=("chat.cancelled",))
+    assert frames == [
+        {"type": "error", "id": "t4", "requestId": "t4", "code": "CANCELLED", "message": "the request was cancelled",
+         "retryable": False, "sessionId": session_id},
+        {"type": "chat.cancelled", "id": "x1", "requestId": "x1", "sessionId": session_id},
+    ]  # fmt: skip
+    samples = await scrape(gateway)
+    assert value(samples, "agentspace_turns_total", status="rejected", code="CANCELLED") == 1
+    assert value(samples, "agentspace_turns_total", status="complete", code="") == 3
 
 
 async def test_metrics_need_the_gateway_token_when_one_is_set(
