@@ -12,6 +12,7 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.chat import turn as turn_module
 from gateway.chat.metrics import Metrics
 from gateway.server.logs import JsonFormatter
 from gateway.server.workers import merge
@@ -108,6 +109,28 @@ async def test_a_send_stopped_before_its_user_turn_is_written_is_counted_rejecte
     samples = await scrape(gateway)
     assert value(samples, "agentspace_turns_total", status="rejected", code="CANCELLED") == 1
     assert value(samples, "agentspace_turns_total", status="complete", code="") == 3
+
+
+async def test_a_turn_failing_unexpectedly_ends_with_one_internal_error_and_is_counted_rejected(
+    gateway: Gateway, ws: ClientWebSocketResponse, fake: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug inside a turn (here: counting its tokens raises) still gives the client its one terminal frame, which
+    names the exception's type and nothing more; /metrics counts it; the next send goes through."""
+
+    async def broken(*_: object) -> None:
+        raise RuntimeError("a secret detail")
+
+    monkeypatch.setattr(turn_module, "measure", broken)
+    frames = await chat(ws, "hi", id="t1")
+    assert frames == [
+        {"type": "error", "id": "t1", "requestId": "t1", "code": "INTERNAL_ERROR",
+         "message": "internal error: RuntimeError", "retryable": False},
+    ]  # fmt: skip
+    monkeypatch.undo()
+    assert (await chat(ws, "again", id="t2"))[-1]["type"] == "chat.stream.end"
+    samples = await scrape(gateway)
+    assert value(samples, "agentspace_turns_total", status="rejected", code="INTERNAL_ERROR") == 1
+    assert len(fake.requests) == 1
 
 
 async def test_metrics_need_the_gateway_token_when_one_is_set(
