@@ -89,6 +89,30 @@ async def test_a_session_another_process_wrote_to_is_read_afresh_and_written_onc
     await ws_there.close()
 
 
+async def test_a_send_retried_after_a_stale_snapshot_keeps_its_idempotency_key(
+    gateway_factory: Factory, settings: Settings, fake: FakeAnthropic, db_url: str
+) -> None:
+    """Turn 3 goes through a process whose snapshot another process made stale, so its user turn is written on the
+    second try: with its key all the same, so the client's resend is answered from it and never paid for twice."""
+    here, there = await gateway_factory(settings), await gateway_factory(settings)
+    ws_here, ws_there = await here.ws(), await there.ws()
+    session_id = (await chat(ws_here, "q1"))[0]["sessionId"]
+    await chat(ws_there, "q2", sessionId=session_id)
+    fake.queue(Reply(text="three"))
+    end = (await chat(ws_here, "q3", sessionId=session_id, idempotencyKey="k-3"))[-1]
+    assert end["type"] == "chat.stream.end"
+    requests = len(fake.requests)
+    again = await chat(ws_there, "q3", id="t2", sessionId=session_id, idempotencyKey="k-3")
+    assert [(f["type"], f["status"], f["messageId"], f["text"]) for f in again] == [
+        ("chat.state", "complete", end["messageId"], "three")
+    ]
+    assert len(fake.requests) == requests
+    keyed = await rows(db_url, "SELECT text FROM messages WHERE idempotency_key = 'k-3'")
+    assert [tuple(r) for r in keyed] == [("q3",)]
+    await ws_here.close()
+    await ws_there.close()
+
+
 async def test_after_a_cancelled_reply_a_snapshot_sends_what_a_fresh_read_sends(
     gateway_factory: Factory, settings: Settings, fake: FakeAnthropic
 ) -> None:
