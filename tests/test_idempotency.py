@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from aiohttp import ClientWebSocketResponse
@@ -85,6 +86,44 @@ async def test_simultaneous_resends_start_one_request(
     assert await rows(db_url, "select count(*) from sessions") == [(1,)]
     for ws in sockets:
         await ws.close()
+
+
+async def test_a_resend_that_finds_its_session_locked_by_the_original_answers_its_state(
+    gateway: Gateway, fake: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resend looked its key up just before the original stored its user turn, then found the session locked by
+    it: by then the original is stored, so the resend answers with its state instead of asking to retry."""
+    first, second = await gateway.ws(), await gateway.ws()
+    session_id = (await chat(first, "start a session"))[0]["sessionId"]
+    chats = gateway.app[SERVICES].store.chats
+    find, begin = chats.find_by_idempotency_key, chats.begin_turn
+    stored = asyncio.Event()
+
+    async def late_answer(key: str) -> Any:
+        found = await find(key)
+        task = asyncio.current_task()
+        if task is not None and task.get_name() == "turn-resend" and not stored.is_set():
+            await stored.wait()  # the original stores its user turn (and holds the lock) meanwhile
+        return found
+
+    async def begin_then_tell(**kwargs: Any) -> Any:
+        rows = await begin(**kwargs)
+        stored.set()
+        return rows
+
+    monkeypatch.setattr(chats, "find_by_idempotency_key", late_answer)
+    monkeypatch.setattr(chats, "begin_turn", begin_then_tell)
+    fake.queue(Reply(text="the original", hold_after_deltas=1))
+    frame = {"type": "chat.send", "content": "once only", "sessionId": session_id, "idempotencyKey": "key-5"}
+    await send(second, {**frame, "id": "resend"})
+    await send(first, {**frame, "id": "original"})
+    state = (await collect(second))[-1]
+    assert (state["type"], state["status"], state["sessionId"]) == ("chat.state", "streaming", session_id)
+    fake.release()
+    assert (await collect(first))[-1]["type"] == "chat.stream.end"
+    assert message_requests(fake) == 2
+    await first.close()
+    await second.close()
 
 
 async def test_losing_the_race_to_the_unique_index_is_a_duplicate(gateway: Gateway, db_url: str) -> None:
