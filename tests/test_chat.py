@@ -134,6 +134,20 @@ async def test_a_continued_sessions_start_frame_names_the_session_and_the_reply(
     }
 
 
+async def test_a_send_without_a_model_uses_the_sessions_last_else_the_agents(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    """docs/PROTOCOL.md, `model`: in an existing session the model it last used; in a new one the agent's."""
+    (settings.agents_dir / "writer").mkdir(parents=True)
+    (settings.agents_dir / "writer" / "agent.toml").write_text('model = "claude-opus-5-5"\n', encoding="utf-8")
+    first = await chat(ws, "draft it", agentId="writer")
+    assert (first[1]["model"], fake.requests[-1].body["model"]) == ("claude-opus-5-5", "claude-opus-5-5")
+    session_id = first[0]["sessionId"]
+    await chat(ws, "now cheaper", sessionId=session_id, model="claude-sonnet-5-5")
+    again = await chat(ws, "and again", sessionId=session_id)
+    assert (again[0]["model"], fake.requests[-1].body["model"]) == ("claude-sonnet-5-5", "claude-sonnet-5-5")
+
+
 async def test_unknown_session_is_refused_without_upstream_call(
     ws: ClientWebSocketResponse, fake: FakeAnthropic
 ) -> None:
