@@ -141,3 +141,31 @@ async def test_reports_group_by_key_and_a_keys_caps_hold(
     assert len(fake.requests) == 2
     unknown = await request(ws, {"type": "usage.query", "id": "w", "keyName": "carol"})
     assert (unknown["code"], unknown["field"]) == ("INVALID_MESSAGE", "keyName")
+
+
+async def test_an_automatic_compaction_is_billed_to_the_key_whose_send_ran_it(
+    gateway_factory: Factory, settings: Settings
+) -> None:
+    """The summary request a send runs first is that send's spend: its usage row names the send's key, and its
+    `session.compacted` frame carries the send's id."""
+    gateway = await gateway_factory(settings)
+    alice = await make_key(gateway, "alice")
+    ws = await gateway.ws(headers={"Authorization": f"Bearer {alice}"})
+    toml = settings.agents_dir / "small" / "agent.toml"
+    toml.parent.mkdir(parents=True)
+    toml.write_text("[context]\nkeep_turns = 1\nauto_compact = false\n", encoding="utf-8")
+    session_id = (await chat(ws, "First question.", agentId="small"))[0]["sessionId"]
+    for words in ("Second question.", "Third question."):
+        await chat(ws, words, sessionId=session_id)
+    # Any request of this agent's is now over 5 % of its window: the next send compacts first.
+    toml.write_text("[context]\nkeep_turns = 1\nwindow = 1000\ncompact_at = 0.05\n", encoding="utf-8")
+    frames = await chat(ws, "Fourth question.", sessionId=session_id, id="t4")
+    assert frames[-1]["type"] == "chat.stream.end"
+    passes = [f["id"] for f in frames if f["type"] == "session.compacted"]
+    assert passes and set(passes) == {"t4"}
+    billed = await rows(
+        settings.db_url,
+        "select u.purpose, k.name from usage_records u left join api_keys k on k.id = u.key_id order by u.created_at",
+    )
+    assert billed == [("chat", "alice")] * 3 + [("compaction", "alice")] * len(passes) + [("chat", "alice")]
+    await ws.close()
