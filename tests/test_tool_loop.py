@@ -416,3 +416,24 @@ async def test_metrics_count_every_request_of_a_tool_turn(
         end["cost"]["totalCost"]
     )
     assert value(samples, "agentspace_turns_total", status="complete", code="") == 1  # one turn, not two
+
+
+async def test_a_turn_that_compacts_first_still_runs_its_tools_with_its_max_tokens(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    """The session is compacted automatically before the turn's first request; the turn's tools and `max_tokens`
+    are still the ones it runs its calls and its next request with."""
+    root = make_agent(settings, toml="[context]\nkeep_turns = 1\nauto_compact = false\n")
+    session_id = (await chat(ws, "alpha " * 400, agentId="helper"))[0]["sessionId"]
+    await chat(ws, "bravo " * 400, sessionId=session_id)
+    await chat(ws, "Third.", sessionId=session_id)
+    # Over 5 % of a 20,000-token window now: the next send compacts first (once: what is left is well under it).
+    (root / "agent.toml").write_text("[context]\nkeep_turns = 1\nwindow = 20000\ncompact_at = 0.05\n")
+    call = tool_use("read_skill", {"name": "pdf"})
+    fake.queue(Reply(text="Summary of the talk so far."), tool_reply(call), Reply(text="Use pdftotext."))
+    frames = await chat(ws, "How do I read a PDF?", sessionId=session_id, maxTokens=777)
+    assert [f["type"] for f in frames].count("session.compacted") == 1
+    [result] = [f for f in frames if f["type"] == "chat.tool.result"]
+    assert (result["status"], result["content"]) == ("done", PDF_BODY)
+    assert (frames[-1]["type"], frames[-1]["steps"]) == ("chat.stream.end", 2)
+    assert [r.body["max_tokens"] for r in fake.requests[-2:]] == [777, 777]
