@@ -25,3 +25,16 @@ async def sql_exec(db_url: str, sql: str, **params: Any) -> None:
             await conn.execute(text(sql), params)
     finally:
         await engine.dispose()
+
+
+async def calibrate_output(db_url: str, model: str, *, estimated: int, reported: int) -> None:
+    """As if Anthropic had reported `reported` output tokens for every `estimated` of ours in `model`'s complete
+    replies (10 samples), with no input samples."""
+    await sql_exec(
+        db_url,
+        "INSERT INTO token_calibration (model, samples, estimated_tokens, reported_tokens, updated_at, output_samples,"
+        " output_estimated_tokens, output_reported_tokens) VALUES (:m, 0, 0, 0, '2026-01-01', 10, :e, :r)",
+        m=model,
+        e=estimated,
+        r=reported,
+    )

@@ -19,7 +19,7 @@ from gateway.context.tokens import TokenCounter
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, recv, request, send
 from tests.fake_anthropic import FakeAnthropic, Reply
-from tests.sql import sql_exec, sql_rows
+from tests.sql import calibrate_output, sql_rows
 
 TEXT = "one two three four five six seven eight"
 MODEL = "claude-sonnet-5-5"
@@ -86,12 +86,7 @@ async def test_a_cancelled_stream_counts_the_output_it_generated_calibrated_per_
     ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
 ) -> None:
     # Anthropic has counted 3 tokens for every 2 of ours in this model's complete replies.
-    await sql_exec(
-        settings.db_url,
-        "INSERT INTO token_calibration (model, samples, estimated_tokens, reported_tokens, updated_at, output_samples,"
-        " output_estimated_tokens, output_reported_tokens) VALUES (:m, 0, 0, 0, '2026-01-01', 10, 2000, 3000)",
-        m=MODEL,
-    )
+    await calibrate_output(settings.db_url, MODEL, estimated=2000, reported=3000)
     session_id = await held(ws, fake)
     await send(ws, {"type": "chat.cancel", "id": "c1", "sessionId": session_id})
     end = await recv(ws)

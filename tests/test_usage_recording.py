@@ -17,7 +17,7 @@ from gateway.server.handlers import CONNECTIONS
 from gateway.settings import Settings
 from tests.conftest import Gateway, chat, collect, recv, request, send
 from tests.fake_anthropic import FakeAnthropic, Reply
-from tests.sql import sql_exec, sql_rows
+from tests.sql import calibrate_output, sql_rows
 
 GatewayFactory = Callable[[Settings], Awaitable[Gateway]]
 
@@ -321,11 +321,9 @@ async def test_one_row_per_upstream_request_across_retries(
     assert (end["requests"], end["steps"]) == (2, 1)
 
 
-async def test_a_retried_attempt_cut_short_in_a_tool_call_is_billed_as_estimated(
-    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
-) -> None:
-    """The first attempt streams part of a tool call's input (which this client does not see, so it is retried) and
-    fails with Anthropic's count at 1: its row bills what it generated, our count, and says it is an estimate."""
+async def _retried_after_a_tool_call_cut_short(ws: ClientWebSocketResponse, fake: FakeAnthropic) -> None:
+    """A turn whose first attempt fails (Anthropic's count at 1) after streaming part of a tool call's input, which
+    this client does not see, so it is retried and the retry completes."""
     call = {"type": "tool_use", "id": "toolu_cut", "name": "get_weather", "input": {"city": "Reykjavik, Iceland"}}
     fake.queue(
         Reply(thinking=None, blocks=[call], error_after_block_events=4, input_tokens=120, output_tokens_before_error=1),
@@ -333,6 +331,14 @@ async def test_a_retried_attempt_cut_short_in_a_tool_call_is_billed_as_estimated
     )
     end = (await chat(ws, "weather?"))[-1]
     assert (end["type"], end["requests"]) == ("chat.stream.end", 2)
+
+
+async def test_a_retried_attempt_cut_short_in_a_tool_call_is_billed_as_estimated(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic, settings: Settings
+) -> None:
+    """The first attempt streams part of a tool call's input (which this client does not see, so it is retried) and
+    fails with Anthropic's count at 1: its row bills what it generated, our count, and says it is an estimate."""
+    await _retried_after_a_tool_call_cut_short(ws, fake)
     failed, complete = await usage_rows(settings.db_url)
     out = generated('{"city":"Reykjavik, Ic')  # the three input pieces streamed before the error
     assert out > 1
@@ -347,19 +353,8 @@ async def test_a_retried_attempt_cut_short_is_billed_calibrated_per_model(
 ) -> None:
     """The failed attempt's estimate is scaled like a stopped reply's, by what Anthropic counted for this model."""
     # Anthropic has counted 3 tokens for every 2 of ours in this model's complete replies.
-    await sql_exec(
-        settings.db_url,
-        "INSERT INTO token_calibration (model, samples, estimated_tokens, reported_tokens, updated_at, output_samples,"
-        " output_estimated_tokens, output_reported_tokens) VALUES (:m, 0, 0, 0, '2026-01-01', 10, 2000, 3000)",
-        m="claude-sonnet-5-5",
-    )
-    call = {"type": "tool_use", "id": "toolu_cut", "name": "get_weather", "input": {"city": "Reykjavik, Iceland"}}
-    fake.queue(
-        Reply(thinking=None, blocks=[call], error_after_block_events=4, input_tokens=120, output_tokens_before_error=1),
-        Reply(text="finally", input_tokens=120, output_tokens=9),
-    )
-    end = (await chat(ws, "weather?"))[-1]
-    assert (end["type"], end["requests"]) == ("chat.stream.end", 2)
+    await calibrate_output(settings.db_url, "claude-sonnet-5-5", estimated=2000, reported=3000)
+    await _retried_after_a_tool_call_cut_short(ws, fake)
     failed, _ = await usage_rows(settings.db_url)
     out = -(-generated('{"city":"Reykjavik, Ic') * 3 // 2)
     assert (failed["status"], failed["output_tokens"], failed["estimated_output_tokens"]) == ("failed", out, out - 1)
