@@ -105,7 +105,9 @@ async def direct_turn(
     message and the reply) appended to it, as a stateless API client keeps its own conversation: so direct requests
     are as large as the gateway's, and "added" latency is the gateway's work, not the upstream reading more."""
     timing = Timing(sent=time.perf_counter())
-    messages: list[Any] = [*(history or []), {"role": "user", "content": content}]
+    # Text blocks, as the gateway sends every message: a plain string is a third shorter on the wire, and the upstream
+    # would then read less JSON on the direct side than through the gateway.
+    messages: list[Any] = [*(history or []), {"role": "user", "content": [{"type": "text", "text": content}]}]
     stream: Any = await client.messages.create(model=MODEL, max_tokens=8192, messages=messages, stream=True)
     finished = False
     parts: list[str] = []
@@ -126,4 +128,4 @@ async def direct_turn(
     if rec is not None:
         rec.turn_done(timing.sent, timing.first, now, timing.max_gap, timing.last if timing.first is not None else None)
     if history is not None:
-        history += [messages[-1], {"role": "assistant", "content": "".join(parts)}]
+        history += [messages[-1], {"role": "assistant", "content": [{"type": "text", "text": "".join(parts)}]}]
