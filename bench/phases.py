@@ -87,7 +87,7 @@ def serve_traced(out: str, argv: list[str]) -> None:
             turns[-1].insert(-1, ("first delta received", at))
         relayed(self, at)
 
-    observer.__init__ = on_received  # type: ignore[method-assign]
+    observer.__init__ = on_received  # type: ignore[method-assign,assignment]
     observer.upstream_request = on_request  # type: ignore[method-assign]
     observer.upstream_headers = on_headers  # type: ignore[method-assign]
     observer.relayed = on_relayed  # type: ignore[method-assign,assignment]
