@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import secrets
 import stat
@@ -29,6 +30,10 @@ from pathlib import Path, PurePosixPath
 MAX_NAME_BYTES = 255  # NAME_MAX on Linux and macOS
 MAX_PATH_BYTES = 1024
 SPECIAL_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+_SPECIAL_PREFIXES = tuple(f"{special}/" for special in SPECIAL_ROOTS)
+# Where the kernel names what an open descriptor is (Linux): one open and one readlink resolve a whole path.
+_FD_LINKS = Path("/proc/self/fd")
+_PATH_FLAGS = getattr(os, "O_PATH", 0) | os.O_DIRECTORY | os.O_CLOEXEC
 _CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -44,8 +49,11 @@ class UnsafePath(OSError):
         return self.reason
 
 
+@functools.lru_cache(maxsize=1024)
 def check_relative(relative: str | PurePosixPath) -> PurePosixPath:
-    """The path as clean components, or UnsafePath. An empty path (or ".") is the root itself."""
+    """The path as clean components, or UnsafePath. An empty path (or ".") is the root itself.
+
+    Remembered (a refusal is not: it raises): a workspace load checks the same few names every turn."""
     text = str(relative)
     if any(c in _CONTROL for c in text):
         raise UnsafePath("the name holds a control character (NUL, newline, ...)")
@@ -68,11 +76,31 @@ def check_relative(relative: str | PurePosixPath) -> PurePosixPath:
 
 def real_root(root: Path) -> Path:
     """The root's real path; UnsafePath when it lies in a kernel filesystem, where every "file" is live state."""
-    real = Path(os.path.realpath(root))
-    for special in SPECIAL_ROOTS:
-        if real == special or real.is_relative_to(special):
+    real = _kernel_realpath(root) or os.path.realpath(root)
+    for special, prefix in zip(SPECIAL_ROOTS, _SPECIAL_PREFIXES, strict=True):
+        if real == str(special) or real.startswith(prefix):
             raise UnsafePath(f"the folder resolves into {special}")
-    return real
+    return Path(real)
+
+
+def _kernel_realpath(folder: Path) -> str | None:
+    """The real path of an existing folder as the kernel resolved it on opening it, or None (not a folder, missing,
+    or no /proc): os.path.realpath takes an lstat and a readlink per component in Python, three times the cost on a
+    workspace load, which finds every turn's root afresh (issue 15)."""
+    if not _PATH_FLAGS & getattr(os, "O_PATH", 0):
+        return None
+    try:
+        fd = os.open(folder, _PATH_FLAGS)
+    except OSError:
+        return None
+    try:
+        real = os.readlink(_FD_LINKS / str(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # A folder removed meanwhile reads "<path> (deleted)"; a name unreachable from this root reads otherwise.
+    return real if real.startswith("/") and not real.endswith(" (deleted)") else None
 
 
 class Confined:
@@ -167,16 +195,18 @@ class Confined:
     def _resolve(self, inner: PurePosixPath) -> tuple[Path, os.stat_result | None]:
         """The real target, and its lstat when the walk already took it. Walking with lstat costs one call per
         component and finds no link in the common case; only a path with a link in it pays for realpath."""
-        current = self.base
+        # Joined as text: pathlib's joins were most of a workspace load's cost (issue 15).
+        base = str(self.base)
+        current = base.rstrip("/")
         st: os.stat_result | None = None
         for part in inner.parts:
-            current = current / part
+            current = f"{current}/{part}"
             st = _lstat(current)
             if st is None:
                 return self.base.joinpath(*inner.parts), None  # no link on the way, and the rest does not exist
             if stat.S_ISLNK(st.st_mode):
                 return self._followed(inner), None
-        return current, st
+        return (Path(current) if inner.parts else self.base), st
 
     def _followed(self, inner: PurePosixPath) -> Path:
         target = Path(os.path.realpath(self.base.joinpath(*inner.parts)))
@@ -202,7 +232,7 @@ def write_inside(root: Path, relative: str | PurePosixPath, data: bytes, *, mode
     return Confined(root).write(relative, data, mode=mode)
 
 
-def _lstat(path: Path) -> os.stat_result | None:
+def _lstat(path: Path | str) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):

@@ -62,6 +62,22 @@ def test_a_root_in_proc_is_refused() -> None:
         read_inside(Path("/proc/self"), "environ", 100)
 
 
+def test_a_root_reached_through_links_is_read_from_its_real_folder(tmp_path: Path) -> None:
+    """The root is resolved by the kernel where it exists (Linux), by os.path.realpath where it does not: the same
+    real folder either way, and files read through either name are the folder's."""
+    real = tmp_path / "real" / "agents" / "coder"
+    real.mkdir(parents=True)
+    (real / "SYSTEM.md").write_text("be brief")
+    (tmp_path / "home").symlink_to(tmp_path / "real")
+    via = tmp_path / "home" / "agents" / "coder"
+    assert confine.real_root(via) == real.resolve() == Path(os.path.realpath(via))
+    assert read_inside(via, "SYSTEM.md", 100) == (b"be brief", False)
+    assert confine.real_root(tmp_path / "home" / "agents" / "new") == (tmp_path / "real" / "agents" / "new").resolve()
+    (tmp_path / "proc-link").symlink_to("/proc/self")
+    with pytest.raises(UnsafePath, match="/proc"):
+        confine.real_root(tmp_path / "proc-link" / "fd")
+
+
 @pytest.mark.parametrize(
     ("name", "why"),
     [

@@ -92,12 +92,12 @@ class _FileCache(Generic[T]):
     def __init__(self, parse: Callable[[bytes, bool], T], limit: int) -> None:
         self._parse = parse
         self._limit = limit
-        self._entries: dict[Path, tuple[tuple[int, int, int], T]] = {}
+        self._entries: dict[str, tuple[tuple[int, int, int], T]] = {}
         self.reads = 0
 
     def get(self, folder: Confined, relative: str) -> T | None:
         """None if the file does not exist; OSError (UnsafePath among them) if it exists but must not be read."""
-        path = folder.base / relative
+        path = f"{folder.base}/{relative}"
         st = folder.stat(relative)
         if st is None:
             self._entries.pop(path, None)
