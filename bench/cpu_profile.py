@@ -29,7 +29,7 @@ from .procs import (
     start_fake,
     wait_http,
 )
-from .runner import LoadGen, seed
+from .runner import LoadGen, scratch_database, seed
 
 
 def serve_profiled(out: str, argv: list[str]) -> None:
@@ -53,7 +53,12 @@ async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="agentspace-cpuprof-"))
     home = work / "home"
     home.mkdir()
-    db_url = f"sqlite+aiosqlite:///{home / 'gateway.db'}" if args.db_url is None else args.db_url
+    # On PostgreSQL a database of its own, dropped after: never the one the URL names, which may hold someone's data.
+    async with scratch_database(args.db_url, home, 0) as db_url:
+        await _measure(args, work, home, db_url)
+
+
+async def _measure(args: argparse.Namespace, work: Path, home: Path, db_url: str) -> None:
     sizes = (args.messages,) if args.scenario == "history" else ()
     if sizes:
         await seed(db_url, home, None, work, sizes)
@@ -61,7 +66,7 @@ async def run(args: argparse.Namespace) -> None:
     upstream_url = fake_url()
     fake = await start_fake(UpstreamConfig(words=words, delay_ms=delay), upstream_url, work)
     port = free_port()
-    env = gateway_env(home, upstream_url, args.db_url)
+    env = gateway_env(home, upstream_url, db_url if args.db_url else None)
     serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
     stats = work / "gateway.prof"
     code = f"import sys; from bench.cpu_profile import serve_profiled; serve_profiled({str(stats)!r}, sys.argv[1:])"
@@ -111,7 +116,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--words", type=int, default=20, help="reply length in the turns scenario (deltas: 200)")
     parser.add_argument("--duration", type=float, default=8.0)
-    parser.add_argument("--db-url")
+    parser.add_argument("--db-url", help="a PostgreSQL server: the run creates a database there and drops it after")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     raise_fd_limit()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .procs import UpstreamConfig, fake_url, free_port, gateway_env, raise_fd_limit, spawn, start_fake, wait_http
-from .runner import LoadGen, seed
+from .runner import LoadGen, scratch_database, seed
 
 # A turn's points, in the order they are reached (a point a turn skips leaves its neighbours adjacent).
 Marks = list[tuple[str, float]]
@@ -120,7 +120,12 @@ async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="agentspace-phases-"))
     home = work / "home"
     home.mkdir()
-    db_url = args.db_url or f"sqlite+aiosqlite:///{home / 'gateway.db'}"
+    # On PostgreSQL a database of its own, dropped after: never the one the URL names, which may hold someone's data.
+    async with scratch_database(args.db_url, home, 0) as db_url:
+        await _measure(args, work, home, db_url)
+
+
+async def _measure(args: argparse.Namespace, work: Path, home: Path, db_url: str) -> None:
     if args.messages:
         await seed(db_url, home, None, work, (args.messages,))
     upstream_url = fake_url()
@@ -129,7 +134,7 @@ async def run(args: argparse.Namespace) -> None:
     trace = work / "phases.json"
     code = f"import sys; from bench.phases import serve_traced; serve_traced({str(trace)!r}, sys.argv[1:])"
     serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-    env = gateway_env(home, upstream_url, args.db_url)
+    env = gateway_env(home, upstream_url, db_url if args.db_url else None)
     gateway = await spawn("gateway", [sys.executable, "-c", code, *serve], work, env)
     load = await LoadGen.start(work)
     try:
@@ -155,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--messages", type=int, default=0, help="earlier messages in the session")
     parser.add_argument("--turns", type=int, default=200)
-    parser.add_argument("--db-url", help="a PostgreSQL database for the gateway (it creates its tables there)")
+    parser.add_argument("--db-url", help="a PostgreSQL server: the run creates a database there and drops it after")
     raise_fd_limit()
     asyncio.run(run(parser.parse_args()))
 
