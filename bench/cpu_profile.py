@@ -14,7 +14,6 @@ import asyncio
 import pstats
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from .procs import (
     start_fake,
     wait_http,
 )
-from .runner import LoadGen, scratch_database, seed
+from .runner import LoadGen, in_scratch, seed
 
 
 def serve_profiled(out: str, argv: list[str]) -> None:
@@ -50,12 +49,7 @@ def serve_profiled(out: str, argv: list[str]) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="agentspace-cpuprof-"))
-    home = work / "home"
-    home.mkdir()
-    # On PostgreSQL a database of its own, dropped after: never the one the URL names, which may hold someone's data.
-    async with scratch_database(args.db_url, home, 0) as db_url:
-        await _measure(args, work, home, db_url)
+    await in_scratch("agentspace-cpuprof-", args.db_url, lambda work, home, db_url: _measure(args, work, home, db_url))
 
 
 async def _measure(args: argparse.Namespace, work: Path, home: Path, db_url: str) -> None:

@@ -17,14 +17,13 @@ import itertools
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .procs import UpstreamConfig, fake_url, free_port, gateway_env, raise_fd_limit, spawn, start_fake, wait_http
-from .runner import LoadGen, scratch_database, seed
+from .runner import LoadGen, in_scratch, seed
 
 # A turn's points, in the order they are reached (a point a turn skips leaves its neighbours adjacent).
 Marks = list[tuple[str, float]]
@@ -117,12 +116,7 @@ def steps(turns: list[Marks]) -> dict[str, list[float]]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="agentspace-phases-"))
-    home = work / "home"
-    home.mkdir()
-    # On PostgreSQL a database of its own, dropped after: never the one the URL names, which may hold someone's data.
-    async with scratch_database(args.db_url, home, 0) as db_url:
-        await _measure(args, work, home, db_url)
+    await in_scratch("agentspace-phases-", args.db_url, lambda work, home, db_url: _measure(args, work, home, db_url))
 
 
 async def _measure(args: argparse.Namespace, work: Path, home: Path, db_url: str) -> None:

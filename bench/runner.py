@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -105,6 +105,19 @@ async def scratch_database(server_url: str | None, home: Path, serial: int) -> A
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
+
+
+async def in_scratch(
+    prefix: str, server_url: str | None, measure: Callable[[Path, Path, str], Awaitable[None]]
+) -> None:
+    """`measure(work, home, db_url)` in a fresh folder (a gateway home inside it) and a database of its own: on
+    PostgreSQL one created on `server_url` and dropped after, never the database the URL names, which may hold
+    someone's data (the one-scenario tools: cpu_profile, phases)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    home = work / "home"
+    home.mkdir()
+    async with scratch_database(server_url, home, 0) as db_url:
+        await measure(work, home, db_url)
 
 
 @dataclass
