@@ -135,3 +135,49 @@ async def test_losing_the_race_to_the_unique_index_is_a_duplicate(gateway: Gatew
         await chats.begin_turn(session_id=new_id(), **turn)
     assert await rows(db_url, "select count(*) from sessions") == [(1,)]
     assert await rows(db_url, "select count(*) from messages") == [(2,)]
+
+
+async def test_a_resend_that_loses_the_race_to_the_unique_index_answers_the_originals_state(
+    gateway: Gateway, fake: FakeAnthropic, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resend looked its key up before the original was stored, so it goes on to write its own turn; the unique
+    index refuses that write, and the resend answers with the original's state: nothing written, nothing sent
+    upstream, no error."""
+    first, second = await gateway.ws(), await gateway.ws()
+    fake.queue(Reply(text="the one answer"))
+    end = (await chat(first, "once only", id="original", idempotencyKey="key-6"))[-1]
+    chats = gateway.app[SERVICES].store.chats
+    find = chats.find_by_idempotency_key
+    looked: list[str] = []
+
+    async def too_early(key: str) -> Any:
+        task = asyncio.current_task()
+        if task is not None and task.get_name() == "turn-resend" and not looked:
+            looked.append(key)
+            return None  # as it was a moment before the original's commit
+        return await find(key)
+
+    monkeypatch.setattr(chats, "find_by_idempotency_key", too_early)
+    frames = await chat(second, "once only", id="resend", idempotencyKey="key-6")
+    assert looked == ["key-6"]
+    assert frames == [
+        {
+            "type": "chat.state",
+            "id": "resend",
+            "requestId": "resend",
+            "duplicate": True,
+            "sessionId": end["sessionId"],
+            "userMessageId": frames[0]["userMessageId"],
+            "messageId": end["messageId"],
+            "status": "complete",
+            "stopReason": "end_turn",
+            "text": "the one answer",
+        }
+    ]
+    assert message_requests(fake) == 1
+    assert await rows(db_url, "select count(*) from sessions") == [(1,)]
+    assert await rows(db_url, "select count(*) from messages") == [(2,)]
+    # The resend held nothing: its connection takes the next send at once.
+    assert (await chat(second, "next", id="next", sessionId=end["sessionId"]))[-1]["type"] == "chat.stream.end"
+    await first.close()
+    await second.close()
