@@ -72,6 +72,29 @@ async def test_cancel_with_send_id_must_match(ws: ClientWebSocketResponse, fake:
     assert (await recv(ws))["type"] == "chat.cancelled"
 
 
+async def test_a_new_sessions_first_reply_is_known_by_its_session_while_it_streams(
+    ws: ClientWebSocketResponse, fake: FakeAnthropic
+) -> None:
+    """The send made the session: while its reply streams, a cancel naming another session stops nothing, and a second
+    send is refused naming the session that is streaming."""
+    frames = await _start_held(ws, fake)
+    session_id = frames[0]["sessionId"]
+    wrong = await request(ws, {"type": "chat.cancel", "id": "c0", "sessionId": "another-session"})
+    assert (wrong["code"], wrong["sessionId"]) == ("NOTHING_TO_CANCEL", "another-session")
+    busy = await request(ws, {"type": "chat.send", "id": "s2", "content": "and another thing"})
+    assert (busy["code"], busy["sessionId"]) == ("STREAM_IN_PROGRESS", session_id)
+    fake.release()
+    rest = await collect(ws)
+    end = rest[-1]
+    assert (end["type"], end["id"], end["status"], end["sessionId"]) == (
+        "chat.stream.end",
+        "s1",
+        "complete",
+        session_id,
+    )
+    assert deltas(frames + rest) == TEXT
+
+
 async def test_cancel_with_nothing_running_is_a_clean_error(ws: ClientWebSocketResponse) -> None:
     answer = await request(ws, {"type": "chat.cancel", "id": "c", "sessionId": "no-such-session"})
     assert answer == {
