@@ -14,7 +14,8 @@ from gateway.settings import Settings
 from gateway.store.chats import ChatStore
 from tests.conftest import Gateway, chat, recv, send
 from tests.databases import rows
-from tests.fake_anthropic import FakeAnthropic, Reply
+from tests.fake_anthropic import FakeAnthropic, Reply, tool_reply, tool_use
+from tests.test_tool_loop import make_agent
 
 Factory = Callable[[Settings], Awaitable[Gateway]]
 
@@ -150,6 +151,27 @@ async def test_a_deleted_session_is_not_continued_from_memory(
     assert (await recv(ws))["type"] == "session.deleted"
     frames = await chat(ws, "still there?", sessionId=session_id)
     assert (frames[-1]["type"], frames[-1]["code"]) == ("error", "SESSION_NOT_FOUND")
+
+
+async def test_a_turn_that_ran_tools_leaves_nothing_of_itself_in_memory(
+    gateway: Gateway,
+    ws: ClientWebSocketResponse,
+    fake: FakeAnthropic,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A turn's history is remembered from its write until its reply is saved; a turn that ran tools saved more than
+    that reply, so it is forgotten, and the next send reads the session afresh. Nothing of it stays behind: a
+    long-running gateway would otherwise hold every such turn's history for as long as it runs."""
+    make_agent(settings)
+    chats = gateway.app[SERVICES].store.chats
+    fake.queue(tool_reply(tool_use("read_skill", {"name": "pdf"})), Reply(text="Use pdftotext."))
+    session_id = (await chat(ws, "How do I read a PDF?", agentId="helper"))[0]["sessionId"]
+    assert chats._snapshots._pending == {} and chats.snapshot(session_id) is None
+    reads = _count_reads(monkeypatch, chats)
+    assert (await chat(ws, "Thanks.", sessionId=session_id))[-1]["type"] == "chat.stream.end"
+    assert reads == [session_id]
+    assert chats._snapshots._pending == {}
 
 
 def test_snapshots_are_bounded_by_the_text_they_hold() -> None:
