@@ -29,20 +29,7 @@ async def test_resend_after_finishing_answers_the_stored_state(
     assert end["type"] == "chat.stream.end"
     other = await gateway.ws()  # a reconnecting client resends on a fresh socket
     again = await chat(other, "hello", id="t2", idempotencyKey="key-1")
-    assert again == [
-        {
-            "type": "chat.state",
-            "id": "t2",
-            "requestId": "t2",
-            "duplicate": True,
-            "sessionId": end["sessionId"],
-            "userMessageId": again[0]["userMessageId"],
-            "messageId": end["messageId"],
-            "status": "complete",
-            "stopReason": "end_turn",
-            "text": "the one answer",
-        }
-    ]
+    assert again == [_complete_state("t2", end, again[0]["userMessageId"], "the one answer")]
     assert message_requests(fake) == 1
     await other.close()
 
@@ -160,20 +147,7 @@ async def test_a_resend_that_loses_the_race_to_the_unique_index_answers_the_orig
     monkeypatch.setattr(chats, "find_by_idempotency_key", too_early)
     frames = await chat(second, "once only", id="resend", idempotencyKey="key-6")
     assert looked == ["key-6"]
-    assert frames == [
-        {
-            "type": "chat.state",
-            "id": "resend",
-            "requestId": "resend",
-            "duplicate": True,
-            "sessionId": end["sessionId"],
-            "userMessageId": frames[0]["userMessageId"],
-            "messageId": end["messageId"],
-            "status": "complete",
-            "stopReason": "end_turn",
-            "text": "the one answer",
-        }
-    ]
+    assert frames == [_complete_state("resend", end, frames[0]["userMessageId"], "the one answer")]
     assert message_requests(fake) == 1
     assert await rows(db_url, "select count(*) from sessions") == [(1,)]
     assert await rows(db_url, "select count(*) from messages") == [(2,)]
@@ -181,3 +155,19 @@ async def test_a_resend_that_loses_the_race_to_the_unique_index_answers_the_orig
     assert (await chat(second, "next", id="next", sessionId=end["sessionId"]))[-1]["type"] == "chat.stream.end"
     await first.close()
     await second.close()
+
+
+def _complete_state(request_id: str, end: dict[str, Any], user_message_id: str, text: str) -> dict[str, Any]:
+    """The one frame a resend of a finished send gets: the original's state, its reply whole."""
+    return {
+        "type": "chat.state",
+        "id": request_id,
+        "requestId": request_id,
+        "duplicate": True,
+        "sessionId": end["sessionId"],
+        "userMessageId": user_message_id,
+        "messageId": end["messageId"],
+        "status": "complete",
+        "stopReason": "end_turn",
+        "text": text,
+    }
