@@ -33,7 +33,8 @@ SPECIAL_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 _SPECIAL_PREFIXES = tuple(f"{special}/" for special in SPECIAL_ROOTS)
 # Where the kernel names what an open descriptor is (Linux): one open and one readlink resolve a whole path.
 _FD_LINKS = Path("/proc/self/fd")
-_PATH_FLAGS = getattr(os, "O_PATH", 0) | os.O_DIRECTORY | os.O_CLOEXEC
+_O_PATH: int = getattr(os, "O_PATH", 0)  # Linux only
+_PATH_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -87,7 +88,7 @@ def _kernel_realpath(folder: Path) -> str | None:
     """The real path of an existing folder as the kernel resolved it on opening it, or None (not a folder, missing,
     or no /proc): os.path.realpath takes an lstat and a readlink per component in Python, three times the cost on a
     workspace load, which finds every turn's root afresh (issue 15)."""
-    if not _PATH_FLAGS & getattr(os, "O_PATH", 0):
+    if not _O_PATH:
         return None
     try:
         fd = os.open(folder, _PATH_FLAGS)
